@@ -1,0 +1,1 @@
+"""Fine-tuning for sequence and token classification, with evaluation metrics and export."""

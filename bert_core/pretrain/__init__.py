@@ -1,0 +1,1 @@
+"""Pretraining a BERT encoder: model, data loading, training loop, checkpoints, export."""

@@ -1,0 +1,1 @@
+"""Bulk scoring of Parquet tables with a fine-tuned model, exactly once."""

@@ -1,0 +1,1 @@
+"""WordPiece vocabulary building with the `tokenizers` library, saved as a Hugging Face tokenizer directory."""
