@@ -1,0 +1,160 @@
+"""The ``bertflow`` command line (also ``python -m flows``).
+
+``bertflow pipeline`` runs all six stages; ``bertflow ingest|vocab|mask|pretrain|
+finetune|score`` runs one, reading its inputs from the workspace. Every command
+takes the same ``--config``/``--set``/``--workspace`` options. User mistakes
+print one line and exit 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bert_core.config import STAGES, load_config
+from bert_core.configtools import to_dict
+from bert_core.errors import BertflowError
+from flows import workspace as ws_mod
+
+app = typer.Typer(
+    name="bertflow",
+    help="Raw text to scored data lakes: ingest -> vocab -> mask -> pretrain -> finetune -> score, "
+    "as Prefect flows tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Optional[str], typer.Option("--config", "-c", help="YAML preset, e.g. configs/tiny.yaml (default: built-in defaults).")
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set mask.masked_lm_prob=0.2 (repeatable)."),
+]
+WorkspaceOpt = Annotated[
+    Optional[str],
+    typer.Option("--workspace", "-w", help=f"Where outputs and the MLflow store go (default ${ws_mod.ENV_VAR} or ./workspace)."),
+]
+
+
+def _run_flow(stages: list[str], config: str | None, overrides: list[str] | None, workspace: str | None) -> None:
+    # Validate what we can before Prefect starts, so user mistakes fail in milliseconds.
+    load_config(config, overrides or [])
+    root = ws_mod.Workspace(ws_mod.resolve(workspace)).ensure().root
+    _quiet_prefect_tracebacks()
+    from flows.pipeline import pipeline
+
+    summary = pipeline(config=config, overrides=list(overrides or []), workspace=str(root), stages=stages)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="bertflow: stage outputs")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("output")
+    table.add_column("headline")
+    for stage, r in summary["stages"].items():
+        head = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(r["metrics"].items())[:3])
+        table.add_row(stage, f"{r['seconds']:.1f}", r["path"], head)
+    console.print(table)
+    uri = summary["tracking_uri"]
+    console.print(f"Workspace:        {summary['workspace']}")
+    console.print(f"MLflow store:     {uri}")
+    console.print(f"MLflow parent run: {summary['parent_run_id']} (experiment {summary['experiment_id']})")
+    if "finetune" in summary["stages"]:
+        reg = summary["stages"]["finetune"].get("registry", {})
+        if reg:
+            console.print(f"Registered model: models:/{reg.get('name')}/{reg.get('version')} (alias candidate; "
+                          f"champion {'moved' if reg.get('promoted') else 'kept'})")
+    console.print(f"Summary JSON:     {Path(summary['workspace']) / 'last_run.json'}")
+    if uri.startswith("sqlite:"):
+        console.print(
+            "Open the MLflow UI:  "
+            f"[bold]mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000[/bold]  "
+            "then browse http://127.0.0.1:5000"
+        )
+
+
+def _quiet_prefect_tracebacks() -> None:
+    """Keep Prefect's console logs but drop the traceback it prints for a failed run.
+
+    A failed stage is still reported (its message names the cause); the full
+    traceback remains in the Prefect run logs. Set BERTFLOW_DEBUG=1 to see it here.
+    """
+    if os.environ.get("BERTFLOW_DEBUG"):
+        return
+
+    class _NoTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and record.exc_info[1] is not None and isinstance(record.exc_info[1], BertflowError):
+                record.exc_info = None
+                record.exc_text = None
+            return True
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            handler.addFilter(_NoTraceback())
+        logger.addFilter(_NoTraceback())
+
+
+@app.command()
+def pipeline(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None,
+             stages: Annotated[Optional[str], typer.Option(help="Comma-separated subset, e.g. mask,pretrain.")] = None) -> None:
+    """Run the whole pipeline (ingest -> vocab -> mask -> pretrain -> finetune -> score)."""
+    chosen = [s.strip() for s in stages.split(",")] if stages else list(STAGES)
+    _run_flow(chosen, config, set_, workspace)
+
+
+def _stage_command(stage: str, doc: str):
+    def command(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
+        _run_flow([stage], config, set_, workspace)
+
+    command.__doc__ = doc
+    command.__name__ = stage
+    return command
+
+
+app.command("ingest")(_stage_command(
+    "ingest", "Ingest text/JSONL/CSV/TSV/Parquet files (ingest.inputs; globs, .gz, .zst) into a clean Parquet corpus."))
+app.command("vocab")(_stage_command(
+    "vocab", "Train a WordPiece vocabulary on the workspace corpus; saves a Hugging Face tokenizer directory."))
+app.command("mask")(_stage_command(
+    "mask", "Generate masked-LM data (mask.recipe full|nsp, static or dynamic masking) from corpus + tokenizer."))
+app.command("pretrain")(_stage_command(
+    "pretrain", "Pretrain a BERT encoder on the masked data; resumes from the last checkpoint if interrupted."))
+app.command("finetune")(_stage_command(
+    "finetune", "Fine-tune for classification/NER (finetune.train_path; base: pretrain export or finetune.base_model) "
+    "and register the model in MLflow as `candidate`."))
+app.command("score")(_stage_command(
+    "score", "Score a Parquet lake (score.input) with the fine-tuned model or score.model_uri; writes Parquet, exactly once."))
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the fully resolved configuration (preset + overrides) as JSON."""
+    console.print_json(json.dumps(to_dict(load_config(config, set_ or []))))
+
+
+def main() -> None:
+    try:
+        app()
+    except BertflowError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

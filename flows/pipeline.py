@@ -1,0 +1,132 @@
+"""The ``pipeline`` flow: ingest -> vocab -> mask -> pretrain -> finetune -> score.
+
+Flow parameters are the user's knobs and plain JSON (so deployments can set
+them): a YAML preset, ``key=value`` overrides, the workspace and which stages to
+run. One MLflow parent run per flow run, one nested run per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import get_run_context
+
+from bert_core.config import STAGES, PipelineConfig, load_config
+from bert_core.errors import InputError
+from flows.workspace import Workspace, resolve
+from tasks import stages as stage_tasks
+from tasks import tracking
+from tasks.stage_runner import TrackingContext
+
+
+@flow(name="pipeline", validate_parameters=True)
+def pipeline(
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    stages: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run the chosen stages (default: all six) on one workspace and return their summaries."""
+    cfg = load_config(config, overrides or [])
+    chosen = _check_stages(stages)
+    ws = Workspace(resolve(workspace)).ensure()
+    with ws.locked():
+        return _run(cfg, chosen, ws, config)
+
+
+def _check_stages(stages: list[str] | None) -> list[str]:
+    chosen = list(stages or STAGES)
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise InputError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}")
+    return [s for s in STAGES if s in chosen]  # always in pipeline order
+
+
+def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str | None) -> dict[str, Any]:
+    logger = get_run_logger()
+    uri = tracking.configure(ws.root)
+    exp_id = tracking.ensure_experiment(uri, cfg.name, ws.root)
+    flow_run = get_run_context().flow_run
+    parent = tracking.start_run(
+        uri,
+        exp_id,
+        run_name=f"{flow_run.name}" if len(chosen) == len(STAGES) else f"{'+'.join(chosen)} ({flow_run.name})",
+        tags={"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": flow_run.name,
+              "bertflow.stages": ",".join(chosen), "bertflow.config_file": config_path or "(defaults)"},
+    )
+    ctx = TrackingContext(uri, exp_id, parent, str(ws.root), str(flow_run.id))
+    tracking.log_params(uri, parent, cfg.as_dict())
+    tracking.log_dict(uri, parent, cfg.as_dict(), "config.yaml")
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    with tracking.run_scope(uri, parent):
+        for stage in chosen:
+            results[stage] = _run_one(stage, cfg, ws, ctx)
+        tracking.log_metrics(uri, parent, {"pipeline_seconds": time.perf_counter() - t0})
+    summary = {
+        "workspace": str(ws.root),
+        "tracking_uri": uri,
+        "experiment_id": exp_id,
+        "parent_run_id": parent,
+        "mlflow_run_url": tracking.run_url(uri, exp_id, parent),
+        "stages": results,
+    }
+    (ws.root / "last_run.json").write_text(json.dumps(summary, indent=2, default=str))
+    _publish_summary(summary)
+    logger.info("pipeline finished: %s", ", ".join(f"{s} {r['seconds']:.1f}s" for s, r in results.items()))
+    return summary
+
+
+def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContext) -> dict[str, Any]:
+    if stage == "ingest":
+        return stage_tasks.ingest(ctx, cfg.ingest, str(ws.corpus))
+    if stage == "vocab":
+        return stage_tasks.vocab(ctx, cfg.vocab, _need(ws.corpus, "ingest"), str(ws.tokenizer))
+    if stage == "mask":
+        return stage_tasks.mask(ctx, cfg.mask, _need(ws.corpus, "ingest"), _need(ws.tokenizer, "vocab"), str(ws.masked))
+    if stage == "pretrain":
+        return stage_tasks.pretrain(
+            ctx, cfg.pretrain, _need(ws.masked, "mask"), _need(ws.tokenizer, "vocab"), str(ws.pretrain)
+        )
+    if stage == "finetune":
+        base = cfg.finetune.base_model or _need(ws.pretrain / "export", "pretrain")
+        return stage_tasks.finetune(ctx, cfg.finetune, base, str(ws.finetune))
+    if stage == "score":
+        model = cfg.score.model_uri or _need(ws.finetune / "model", "finetune")
+        return stage_tasks.score(ctx, cfg.score, model, str(ws.scores))
+    raise AssertionError(stage)
+
+
+def _need(path: Path, producer: str) -> str:
+    if not path.exists():
+        raise InputError(f"{path} does not exist: run the '{producer}' stage first (or the whole pipeline)")
+    return str(path)
+
+
+def _publish_summary(summary: dict[str, Any]) -> None:
+    """A markdown artifact on the flow run: stage durations, key numbers, MLflow links."""
+    lines = [
+        "# bertflow pipeline run",
+        "",
+        f"MLflow parent run: [{summary['parent_run_id']}]({summary['mlflow_run_url']})",
+        "",
+        "| stage | seconds | output | headline metrics | MLflow run |",
+        "|---|---:|---|---|---|",
+    ]
+    for stage, r in summary["stages"].items():
+        head = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["metrics"].items())[:4])
+        url = tracking.run_url(summary["tracking_uri"], summary["experiment_id"], r["run_id"])
+        lines.append(f"| {stage} | {r['seconds']:.1f} | `{r['path']}` | {head} | [{r['run_id'][:8]}]({url}) |")
+    try:
+        create_markdown_artifact("\n".join(lines), key="pipeline-summary", description="bertflow pipeline summary")
+    except Exception:
+        pass
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

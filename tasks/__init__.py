@@ -1,0 +1,1 @@
+"""Prefect tasks wrapping ``bert_core`` stages: retries, MLflow logging, artifacts."""

@@ -1,0 +1,34 @@
+"""Glue between fine-tuning, the MLflow Model Registry and scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bert_core.finetune.config import FinetuneConfig
+from tasks import registry
+from tasks.stage_runner import TrackingContext
+
+
+def register_finetuned(ctx: TrackingContext, cfg: FinetuneConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """Log the fine-tuned HF dir as an MLflow model, register it as `candidate`, promote if better."""
+    details = summary["details"]
+    metrics = summary["metrics"]
+    c = registry.mlflow_client(ctx.tracking_uri)
+    model_uri = registry.log_model(details["model_dir"], summary["run_id"], tracking_uri=ctx.tracking_uri)
+    version = registry.register(model_uri, cfg.registered_model_name, client=c)
+    decision = registry.promote(
+        cfg.registered_model_name,
+        version,
+        metric_name="eval_metric",
+        score=float(metrics["eval_metric"]),
+        eval_digest=str(details.get("eval_set_digest", "")),
+        client=c,
+    )
+    return {"model_uri": model_uri, "name": cfg.registered_model_name, "version": str(version), **decision}
+
+
+def resolve_model(model: str, workspace: str) -> str:
+    """A local HF directory for ``model`` (a local dir, or an MLflow ``models:/``/``runs:/`` URI)."""
+    dst = Path(workspace) / "model-cache"
+    return str(registry.resolve_model_dir(model, dst))

@@ -1,0 +1,122 @@
+"""The plumbing every stage task shares: a nested MLflow run, callbacks, a returned summary.
+
+``bert_core`` stages take ``on_metrics``/``on_progress`` callbacks and return a
+``StageResult``; this module plugs MLflow metrics and a Prefect progress
+artifact into those callbacks and turns the result into a small JSON-able dict
+(paths and counts only, never data) for the flow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from bert_core.configtools import to_dict
+from bert_core.stageio import MANIFEST, StageResult
+from tasks import tracking
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """Where a flow's MLflow runs go; passed to every stage task (small and picklable)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    workspace: str
+    flow_run_id: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+class ProgressReporter:
+    """A Prefect progress artifact, updated at most every ``every_s`` seconds."""
+
+    def __init__(self, stage: str, every_s: float = 2.0) -> None:
+        self.stage = stage
+        self.every_s = every_s
+        self._last = 0.0
+        self._artifact_id = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        final = total > 0 and done >= total
+        if not final and now - self._last < self.every_s:
+            return
+        self._last = now
+        pct = min(100.0, 100.0 * done / total) if total > 0 else 0.0
+        try:
+            if self._artifact_id is None:
+                self._artifact_id = create_progress_artifact(
+                    pct, key=f"{self.stage}-progress", description=f"{self.stage}: {done}/{total or '?'}"
+                )
+            else:
+                update_progress_artifact(self._artifact_id, pct, description=f"{self.stage}: {done}/{total or '?'}")
+        except Exception:  # progress must never break a stage (e.g. outside a run context)
+            pass
+
+
+def run_stage(
+    stage: str,
+    ctx: TrackingContext,
+    cfg: Any,
+    body: Callable[[Callable, Callable], StageResult],
+    inputs: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run ``body(on_metrics, on_progress)`` inside a nested MLflow run named ``stage``.
+
+    Logs the stage config as params, streamed metrics, the result's metrics and
+    manifest, and the stage's wall time. Returns a JSON-able summary.
+    """
+    logger = get_run_logger()
+    uri = ctx.tracking_uri
+    run_id = tracking.start_run(
+        uri,
+        ctx.experiment_id,
+        run_name=stage,
+        parent_run_id=ctx.parent_run_id,
+        tags={"bertflow.stage": stage, "prefect.flow_run_id": ctx.flow_run_id},
+    )
+    cfg_dict = to_dict(cfg)
+    tracking.log_params(uri, run_id, cfg_dict)
+    if inputs:
+        tracking.set_tags(uri, run_id, {f"bertflow.input.{k}": v for k, v in inputs.items()})
+
+    def on_metrics(step: int, metrics: dict[str, float]) -> None:
+        tracking.log_metrics(uri, run_id, metrics, step=step)
+
+    t0 = time.perf_counter()
+    with tracking.run_scope(uri, run_id):
+        result = body(on_metrics, ProgressReporter(stage))
+        seconds = time.perf_counter() - t0
+        tracking.log_metrics(uri, run_id, {**result.metrics, "stage_seconds": seconds})
+        manifest = Path(result.path) / MANIFEST
+        if manifest.is_file():
+            tracking.log_artifact(uri, run_id, manifest)
+        tracking.set_tags(uri, run_id, {"bertflow.output": result.path})
+    logger.info("%s finished in %.1fs -> %s", stage, seconds, result.path)
+    return {
+        "stage": stage,
+        "path": result.path,
+        "metrics": dict(result.metrics),
+        "details": _jsonable(result.details),
+        "run_id": run_id,
+        "seconds": seconds,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
