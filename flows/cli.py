@@ -24,6 +24,10 @@ from bert_core.configtools import to_dict
 from bert_core.errors import BertflowError
 from flows import workspace as ws_mod
 
+# Before Prefect is imported: no telemetry calls (this may be an offline box).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
 app = typer.Typer(
     name="bertflow",
     help="Raw text to scored data lakes: ingest -> vocab -> mask -> pretrain -> finetune -> score, "

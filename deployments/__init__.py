@@ -1,0 +1,1 @@
+"""Prefect deployments (schedules) for bertflow."""

@@ -1,0 +1,38 @@
+"""Single-box scheduling without a work pool: ``python deployments/serve.py``.
+
+Serves the same two nightly deployments as ``prefect.yaml`` from this process
+(it needs a Prefect API: ``prefect server start`` in another terminal and
+``PREFECT_API_URL=http://127.0.0.1:4200/api``).
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+
+from flows.pipeline import pipeline
+
+TIMEZONE = "Europe/London"
+
+
+def main() -> None:
+    nightly = pipeline.to_deployment(
+        name="nightly-pipeline",
+        cron="0 2 * * *",
+        parameters={"config": "configs/tiny.yaml", "workspace": "workspace", "overrides": []},
+        tags=["bertflow", "nightly"],
+    )
+    score = pipeline.to_deployment(
+        name="nightly-score",
+        cron="30 4 * * *",
+        parameters={"config": "configs/tiny.yaml", "workspace": "workspace", "stages": ["score"],
+                    "overrides": ["score.input=data/lake"]},
+        tags=["bertflow", "nightly"],
+    )
+    for dep in (nightly, score):
+        for sched in dep.schedules or []:
+            sched.schedule.timezone = TIMEZONE
+    serve(nightly, score)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The CLI as a user meets it: one clear error line and exit 2 for mistakes, outputs left intact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def bertflow(args, cwd, env_extra=None, timeout=240):
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "flows", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def api_env(prefect_harness):
+    """Subprocesses share the harness's real Prefect API instead of each starting a server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def assert_clean_error(proc, fragment):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert fragment in errors[0], errors[0]
+
+
+def test_help_for_every_command(repo_root):
+    for cmd in ["--help", "pipeline --help", "ingest --help", "score --help"]:
+        proc = bertflow(cmd.split(), repo_root)
+        assert proc.returncode == 0, proc.stderr
+        assert "Usage" in proc.stdout
+
+
+def test_unknown_config_key_is_rejected_before_anything_runs(repo_root, tmp_path):
+    proc = bertflow(["pipeline", "-c", "configs/tiny.yaml", "--set", "vocab.vocab_sise=10", "-w", str(tmp_path)], repo_root)
+    assert_clean_error(proc, "vocab.vocab_sise")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_config_file(repo_root, tmp_path):
+    assert_clean_error(bertflow(["ingest", "-c", "configs/nope.yaml", "-w", str(tmp_path)], repo_root), "configs/nope.yaml")
+
+
+def test_unwritable_workspace(repo_root, tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        # root writes anywhere on an ordinary file system; /proc refuses even root.
+        target = locked / "ws" if not os.access(locked, os.W_OK) else Path("/proc/bertflow-ws")
+        proc = bertflow(["ingest", "-c", "configs/tiny.yaml", "-w", str(target)], repo_root)
+        assert_clean_error(proc, "workspace")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_workspace_that_is_a_file(repo_root, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert_clean_error(bertflow(["ingest", "-c", "configs/tiny.yaml", "-w", str(f)], repo_root), "workspace")
+
+
+def test_stage_without_its_input_says_which_stage_to_run(repo_root, tmp_path, api_env):
+    proc = bertflow(["vocab", "-c", "configs/tiny.yaml", "-w", str(tmp_path)], repo_root, api_env)
+    assert_clean_error(proc, "run the 'ingest' stage first")
+
+
+def test_bad_inputs_fail_cleanly_and_keep_earlier_outputs(repo_root, tmp_path, api_env):
+    ws = tmp_path / "ws"
+    ok = bertflow(["ingest", "-c", "configs/tiny.yaml", "-w", str(ws)], repo_root, api_env)
+    assert ok.returncode == 0, ok.stderr
+    assert "mlflow ui --backend-store-uri" in ok.stdout
+    manifest = (ws / "corpus" / "manifest.json").read_text()
+
+    missing = bertflow(["ingest", "-c", "configs/tiny.yaml", "--set", "ingest.inputs=[no/such/dir/*.txt]", "-w", str(ws)],
+                       repo_root, api_env)
+    assert_clean_error(missing, "no/such/dir")
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    proc = bertflow(["ingest", "-c", "configs/tiny.yaml", "--set", f"ingest.inputs=[{empty}]", "-w", str(ws)],
+                    repo_root, api_env)
+    assert_clean_error(proc, "no documents")
+
+    assert (ws / "corpus" / "manifest.json").read_text() == manifest  # the good corpus survived both failures
+    assert list((ws / "corpus").glob("shard-*.parquet"))

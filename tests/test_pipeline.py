@@ -1,0 +1,78 @@
+"""The whole pipeline on the bundled sample, with the real Prefect API and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bert_core.config import STAGES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(prefect_harness, repo_root, tmp_path_factory):
+    """One full tiny pipeline run, shared by the assertions below."""
+    import os
+
+    from flows.pipeline import pipeline
+
+    ws = tmp_path_factory.mktemp("ws")
+    cwd = os.getcwd()
+    os.chdir(repo_root)  # presets name data/ relative to the repository
+    try:
+        summary = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=["pretrain.max_steps=30"])
+    finally:
+        os.chdir(cwd)
+    return ws, summary
+
+
+def test_every_stage_writes_its_directory(tiny_run):
+    ws, summary = tiny_run
+    assert list(summary["stages"]) == list(STAGES)
+    for stage, result in summary["stages"].items():
+        out = Path(result["path"])
+        assert out.is_dir() and out.parent == ws, stage
+        assert (out / "manifest.json").is_file(), stage
+    assert json.loads((ws / "last_run.json").read_text())["parent_run_id"] == summary["parent_run_id"]
+
+
+def test_mlflow_has_one_parent_and_six_nested_stage_runs(tiny_run):
+    ws, summary = tiny_run
+    uri = summary["tracking_uri"]
+    assert uri == f"sqlite:///{ws / 'mlflow.db'}"  # absolute, inside the workspace
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["pretrain.hidden_size"] == "64"
+    assert "config.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    children = client.search_runs(
+        [summary["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(r.data.tags["bertflow.stage"] for r in children) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in children)
+    by_stage = {r.data.tags["bertflow.stage"]: r for r in children}
+    assert by_stage["pretrain"].data.metrics["steps"] == 30
+    assert "loss" in by_stage["pretrain"].data.metrics
+    assert by_stage["ingest"].data.metrics["docs_out"] >= 5
+
+
+def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
+    ws, summary = tiny_run
+    reg = summary["stages"]["finetune"]["registry"]
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    mv = client.get_model_version_by_alias(reg["name"], "candidate")
+    assert mv.version == reg["version"]
+    table = ds.dataset(ws / "scores", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
+    lake = ds.dataset("data/lake" if Path("data/lake").exists() else Path(__file__).parents[1] / "data/lake",
+                      format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == lake.num_rows
+    assert sorted(table.column("id").to_pylist()) == sorted(lake.column("id").to_pylist())
+    labels = set(table.column("label").drop_null().to_pylist())
+    assert labels <= {"alice", "time_machine", "jekyll"}
+    errors = table.column("error").to_pylist()
+    assert sum(e is not None for e in errors) >= 2  # the null and the empty text are flagged, not dropped
