@@ -67,11 +67,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="bertflow: stage outputs")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
+    table.add_column("reused")
     table.add_column("output")
     table.add_column("headline")
     for stage, r in summary["stages"].items():
         head = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(r["metrics"].items())[:3])
-        table.add_row(stage, f"{r['seconds']:.1f}", r["path"], head)
+        table.add_row(stage, f"{r['seconds']:.1f}", "yes" if r.get("reused") else "no", r["path"], head)
     console.print(table)
     uri = summary["tracking_uri"]
     console.print(f"Workspace:        {summary['workspace']}")

@@ -78,7 +78,8 @@ def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str
     }
     (ws.root / "last_run.json").write_text(json.dumps(summary, indent=2, default=str))
     _publish_summary(summary)
-    logger.info("pipeline finished: %s", ", ".join(f"{s} {r['seconds']:.1f}s" for s, r in results.items()))
+    done = [f"{s} reused" if r.get("reused") else f"{s} {r['seconds']:.1f}s" for s, r in results.items()]
+    logger.info("pipeline finished: %s", ", ".join(done))
     return summary
 
 
@@ -115,13 +116,14 @@ def _publish_summary(summary: dict[str, Any]) -> None:
         "",
         f"MLflow parent run: [{summary['parent_run_id']}]({summary['mlflow_run_url']})",
         "",
-        "| stage | seconds | output | headline metrics | MLflow run |",
-        "|---|---:|---|---|---|",
+        "| stage | seconds | reused | output | headline metrics | MLflow run |",
+        "|---|---:|---|---|---|---|",
     ]
     for stage, r in summary["stages"].items():
         head = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["metrics"].items())[:4])
         url = tracking.run_url(summary["tracking_uri"], summary["experiment_id"], r["run_id"])
-        lines.append(f"| {stage} | {r['seconds']:.1f} | `{r['path']}` | {head} | [{r['run_id'][:8]}]({url}) |")
+        reused = "yes" if r.get("reused") else "no"
+        lines.append(f"| {stage} | {r['seconds']:.1f} | {reused} | `{r['path']}` | {head} | [{r['run_id'][:8]}]({url}) |")
     try:
         create_markdown_artifact("\n".join(lines), key="pipeline-summary", description="bertflow pipeline summary")
     except Exception:

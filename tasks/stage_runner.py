@@ -19,7 +19,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from bert_core.configtools import to_dict
 from bert_core.stageio import MANIFEST, StageResult
-from tasks import tracking
+from tasks import reuse, tracking
 
 
 @dataclass(frozen=True)
@@ -68,26 +68,38 @@ def run_stage(
     ctx: TrackingContext,
     cfg: Any,
     body: Callable[[Callable, Callable], StageResult],
-    inputs: dict[str, str] | None = None,
+    out_dir: str,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``body(on_metrics, on_progress)`` inside a nested MLflow run named ``stage``.
 
     Logs the stage config as params, streamed metrics, the result's metrics and
-    manifest, and the stage's wall time. Returns a JSON-able summary.
+    manifest, and the stage's wall time. If ``out_dir`` already holds this stage's
+    output for the same config, input content and code (see ``tasks.reuse``), the
+    stage is not recomputed: the run is tagged ``bertflow.reused`` and the stored
+    summary returned. Returns a JSON-able summary.
     """
     logger = get_run_logger()
     uri = ctx.tracking_uri
+    key = reuse.stage_key(stage, cfg, inputs or {})
+    cached = reuse.load(out_dir, key)
     run_id = tracking.start_run(
         uri,
         ctx.experiment_id,
         run_name=stage,
         parent_run_id=ctx.parent_run_id,
-        tags={"bertflow.stage": stage, "prefect.flow_run_id": ctx.flow_run_id},
+        tags={"bertflow.stage": stage, "prefect.flow_run_id": ctx.flow_run_id, "bertflow.reused": str(bool(cached)),
+              "bertflow.stage_key": key},
     )
-    cfg_dict = to_dict(cfg)
-    tracking.log_params(uri, run_id, cfg_dict)
+    tracking.log_params(uri, run_id, to_dict(cfg))
     if inputs:
-        tracking.set_tags(uri, run_id, {f"bertflow.input.{k}": v for k, v in inputs.items()})
+        tracking.set_tags(uri, run_id, {f"bertflow.input.{k}": str(v) for k, v in inputs.items()})
+    if cached is not None:
+        with tracking.run_scope(uri, run_id):
+            tracking.log_metrics(uri, run_id, {**cached["metrics"], "stage_seconds": 0.0})
+            tracking.set_tags(uri, run_id, {"bertflow.output": cached["path"], "bertflow.reused_from_run": cached["run_id"]})
+        logger.info("%s reused: inputs, config and code unchanged since MLflow run %s", stage, cached["run_id"])
+        return {**cached, "run_id": run_id, "reused": True, "seconds": 0.0}
 
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
         tracking.log_metrics(uri, run_id, metrics, step=step)
@@ -102,14 +114,18 @@ def run_stage(
             tracking.log_artifact(uri, run_id, manifest)
         tracking.set_tags(uri, run_id, {"bertflow.output": result.path})
     logger.info("%s finished in %.1fs -> %s", stage, seconds, result.path)
-    return {
+    summary = {
         "stage": stage,
         "path": result.path,
         "metrics": dict(result.metrics),
         "details": _jsonable(result.details),
         "run_id": run_id,
         "seconds": seconds,
+        "reused": False,
+        "stage_key": key,
     }
+    reuse.save(out_dir, key, summary)
+    return summary
 
 
 def _jsonable(value: Any) -> Any:

@@ -19,6 +19,7 @@ from bert_core.maskgen.config import MaskConfig
 from bert_core.pretrain.config import PretrainConfig
 from bert_core.score.config import ScoreConfig
 from bert_core.vocab.config import VocabConfig
+from tasks import reuse
 from tasks.stage_runner import TrackingContext, run_stage
 
 _IO = dict(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=None)
@@ -46,7 +47,8 @@ def ingest(ctx: TrackingContext, cfg: IngestConfig, out_dir: str) -> dict[str, A
     """Raw files -> clean, deduplicated, sharded Parquet corpus."""
     from bert_core.ingest.stage import run
 
-    return run_stage("ingest", ctx, cfg, lambda m, p: run(cfg, out_dir, on_progress=p))
+    return run_stage("ingest", ctx, cfg, lambda m, p: run(cfg, out_dir, on_progress=p), out_dir,
+                     inputs={"files": list(cfg.inputs)})
 
 
 @task(name="vocab", **_IO)
@@ -55,7 +57,7 @@ def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str)
     from bert_core.vocab.stage import run
 
     return run_stage(
-        "vocab", ctx, cfg, lambda m, p: run(cfg, corpus_dir, out_dir, on_progress=p), inputs={"corpus": corpus_dir}
+        "vocab", ctx, cfg, lambda m, p: run(cfg, corpus_dir, out_dir, on_progress=p), out_dir, inputs={"corpus": corpus_dir}
     )
 
 
@@ -69,6 +71,7 @@ def mask(ctx: TrackingContext, cfg: MaskConfig, corpus_dir: str, tokenizer_dir: 
         ctx,
         cfg,
         lambda m, p: run(cfg, corpus_dir, tokenizer_dir, out_dir, on_progress=p),
+        out_dir,
         inputs={"corpus": corpus_dir, "tokenizer": tokenizer_dir},
     )
 
@@ -85,6 +88,7 @@ def pretrain(
         ctx,
         cfg,
         lambda m, p: run(cfg, data_dir, tokenizer_dir, out_dir, on_metrics=m, on_progress=p),
+        out_dir,
         inputs={"data": data_dir, "tokenizer": tokenizer_dir},
     )
 
@@ -100,9 +104,13 @@ def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out
         ctx,
         cfg,
         lambda m, p: run(cfg, base_model_dir, out_dir, on_metrics=m, on_progress=p),
-        inputs={"base_model": base_model_dir},
+        out_dir,
+        inputs={"base_model": base_model_dir, "train": cfg.train_path, "valid": cfg.valid_path or ""},
     )
+    if summary["reused"] and summary.get("registry"):
+        return summary  # this exact model is already registered
     summary["registry"] = register_finetuned(ctx, cfg, summary)
+    reuse.save(out_dir, summary["stage_key"], summary)
     return summary
 
 
@@ -116,4 +124,4 @@ def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> d
         model_dir = resolve_model(model, ctx.workspace)
         return run(cfg, model_dir, out_dir, on_progress=p, model_uri=model)
 
-    return run_stage("score", ctx, cfg, body, inputs={"model": model, "lake": cfg.input})
+    return run_stage("score", ctx, cfg, body, out_dir, inputs={"model": model, "lake": cfg.input})

@@ -1,0 +1,89 @@
+"""Content-keyed stage reuse: skip a stage whose inputs, config and code are unchanged.
+
+Prefect's own caching hashes task arguments (slow on big objects, blind to file
+contents). Here a stage's key is a sha256 over: the stage name, its resolved
+config, the content of its inputs, and the source of its ``bert_core`` package.
+A stage output directory carries ``.bertflow-stage.json`` (key + summary); a re-run
+with the same key returns that summary without recomputing.
+
+An input is fingerprinted by the key of the stage that produced it when it has one
+(so a chain of unchanged stages is checked in milliseconds), else by the sha256 of
+its files.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import bert_core
+from bert_core.configtools import to_dict
+from bert_core.stageio import atomic_write_bytes, file_digest
+
+SIDECAR = ".bertflow-stage.json"
+_PACKAGES = {"ingest": "ingest", "vocab": "vocab", "mask": "maskgen", "pretrain": "pretrain",
+             "finetune": "finetune", "score": "score"}
+
+
+def code_version(stage: str) -> str:
+    """Digest of the stage package's source plus the shared modules it builds on."""
+    root = Path(bert_core.__file__).parent
+    files = sorted((root / _PACKAGES[stage]).rglob("*.py")) + sorted(root.glob("*.py"))
+    h = hashlib.sha256(bert_core.__version__.encode())
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(value: str) -> str:
+    """Content fingerprint of a path, directory, glob, or (for URIs) the string itself."""
+    p = Path(value)
+    if p.is_dir():
+        side = p / SIDECAR
+        if side.is_file():
+            return "stage:" + json.loads(side.read_text())["key"]
+        return "dir:" + _digest_files(f for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith("."))
+    if p.is_file():
+        return "file:" + file_digest(p)
+    if any(ch in value for ch in "*?["):
+        return "glob:" + _digest_files(Path(f) for f in sorted(glob.glob(value, recursive=True)) if Path(f).is_file())
+    return "value:" + value
+
+
+def _digest_files(files) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def stage_key(stage: str, cfg: Any, inputs: dict[str, Any]) -> str:
+    """The reuse key of a stage run."""
+    fp = {}
+    for name, value in sorted(inputs.items()):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        fp[name] = [fingerprint(str(v)) for v in values]
+    body = {"stage": stage, "config": to_dict(cfg), "inputs": fp, "code": code_version(stage)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load(out_dir: str | Path, key: str) -> dict[str, Any] | None:
+    """The stored summary if ``out_dir`` was produced with ``key`` and is still complete."""
+    side = Path(out_dir) / SIDECAR
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if data.get("key") != key or not (Path(out_dir) / "manifest.json").is_file():
+        return None
+    return data.get("summary")
+
+
+def save(out_dir: str | Path, key: str, summary: dict[str, Any]) -> None:
+    atomic_write_bytes(Path(out_dir) / SIDECAR, json.dumps({"key": key, "summary": summary}, default=str).encode())
