@@ -143,8 +143,18 @@ app.command("pretrain")(_stage_command(
 app.command("finetune")(_stage_command(
     "finetune", "Fine-tune for classification/NER (finetune.train_path; base: pretrain export or finetune.base_model) "
     "and register the model in MLflow as `candidate`."))
-app.command("score")(_stage_command(
-    "score", "Score a Parquet lake (score.input) with the fine-tuned model or score.model_uri; writes Parquet, exactly once."))
+
+
+@app.command("score")
+def score(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None,
+          runner: Annotated[Optional[str], typer.Option(help="local (default) or ray: score files in parallel on Ray.")] = None,
+          ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+          model: Annotated[Optional[str], typer.Option(help="models:/name@champion, runs:/..., or a local HF dir.")] = None,
+          input: Annotated[Optional[str], typer.Option(help="Parquet file, directory, glob or hive lake to score.")] = None) -> None:
+    """Score a Parquet lake (score.input) with the fine-tuned model or score.model_uri; writes Parquet, exactly once."""
+    extra = [f"score.{k}={v}" for k, v in
+             (("runner", runner), ("ray_address", ray_address), ("model_uri", model), ("input", input)) if v]
+    _run_flow(["score"], config, [*(set_ or []), *extra], workspace)
 
 
 @app.command("config")

@@ -99,6 +99,10 @@ def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContex
         return stage_tasks.finetune(ctx, cfg.finetune, base, str(ws.finetune))
     if stage == "score":
         model = cfg.score.model_uri or _need(ws.finetune / "model", "finetune")
+        if cfg.score.runner == "ray":
+            from flows.score import run_score_stage
+
+            return run_score_stage(ctx, cfg.score, model, str(ws.scores))
         return stage_tasks.score(ctx, cfg.score, model, str(ws.scores))
     raise AssertionError(stage)
 

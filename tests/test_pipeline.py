@@ -10,25 +10,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bert_core.config import STAGES
+from tests.conftest import TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_run(prefect_harness, repo_root, tmp_path_factory):
-    """One full tiny pipeline run, shared by the assertions below."""
-    import os
-
-    from flows.pipeline import pipeline
-
-    ws = tmp_path_factory.mktemp("ws")
-    cwd = os.getcwd()
-    os.chdir(repo_root)  # presets name data/ relative to the repository
-    try:
-        summary = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=["pretrain.max_steps=30"])
-    finally:
-        os.chdir(cwd)
-    return ws, summary
+def tiny_run(tiny_pipeline):
+    return tiny_pipeline
 
 
 def test_every_stage_writes_its_directory(tiny_run):
@@ -76,3 +65,26 @@ def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     assert labels <= {"alice", "time_machine", "jekyll"}
     errors = table.column("error").to_pylist()
     assert sum(e is not None for e in errors) >= 2  # the null and the empty text are flagged, not dropped
+
+
+def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, repo_root):
+    import os
+    import time
+
+    from flows.pipeline import pipeline
+
+    ws, first = tiny_run
+    cwd = os.getcwd()
+    os.chdir(repo_root)
+    try:
+        t0 = time.perf_counter()
+        again = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=list(TINY_OVERRIDES))
+        seconds = time.perf_counter() - t0
+        changed = pipeline(config="configs/tiny.yaml", workspace=str(ws),
+                           overrides=[*TINY_OVERRIDES, "score.probabilities=true"], stages=["score"])
+    finally:
+        os.chdir(cwd)
+    assert all(r["reused"] for r in again["stages"].values()), {s: r["reused"] for s, r in again["stages"].items()}
+    assert seconds < 60
+    assert again["parent_run_id"] != first["parent_run_id"]
+    assert not changed["stages"]["score"]["reused"]  # a config change recomputes that stage

@@ -1,0 +1,110 @@
+"""Real-client check of the deployments: a real `prefect server`, a process work pool, `prefect deploy`
+from deployments/prefect.yaml, a triggered run, and a worker that executes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail("prefect server exited during start-up")
+            time.sleep(1)
+        else:
+            pytest.fail("prefect server did not become healthy in 120 s")
+        yield api, {**env, "PREFECT_API_URL": api}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def prefect(args, env, timeout=180):
+    proc = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_server_binds_loopback_only(prefect_server):
+    api, _ = prefect_server
+    assert api.startswith("http://127.0.0.1:")
+
+
+def test_deploy_trigger_and_work_the_nightly_pipeline(prefect_server, tiny_pipeline, tmp_path):
+    api, env = prefect_server
+    ws, first = tiny_pipeline
+    env = {**env, "BERTFLOW_HOME": str(REPO)}
+    prefect(["work-pool", "create", "bertflow-process", "--type", "process"], env)
+    out = prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+    assert "nightly-pipeline" in out and "nightly-score" in out
+
+    deps = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+    by_name = {d["name"]: d for d in deps}
+    assert set(by_name) >= {"nightly-pipeline", "nightly-score"}
+    sched = by_name["nightly-pipeline"]["schedules"][0]["schedule"]
+    assert sched["cron"] == "0 2 * * *" and sched["timezone"] == "Europe/London"
+    assert by_name["nightly-pipeline"]["work_pool_name"] == "bertflow-process"
+
+    # Trigger the pipeline deployment on the workspace the tiny run already filled: every stage is reused,
+    # so this exercises deploy -> schedule -> worker -> flow run -> MLflow without retraining.
+    params = json.dumps({"workspace": str(ws), "overrides": list(TINY_OVERRIDES)})
+    out = prefect(["deployment", "run", "pipeline/nightly-pipeline", "--params", params], env)
+    flow_run_id = next(tok for tok in out.replace("'", " ").split() if len(tok) == 36 and tok.count("-") == 4)
+
+    worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "bertflow-process", "--run-once"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    state = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
+    assert state["type"] == "COMPLETED", f"{state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
+
+    client = MlflowClient(tracking_uri=first["tracking_uri"])
+    parents = client.search_runs([first["experiment_id"]], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    parent = [r for r in parents if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    children = client.search_runs([first["experiment_id"]],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
+    assert len(children) == 6

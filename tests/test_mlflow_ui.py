@@ -1,0 +1,126 @@
+"""A real browser on the MLflow UI: two pipeline runs, their nested stage runs, and the compare view.
+
+Starts `mlflow server` on 127.0.0.1 over the tiny pipeline's store and drives Debian's Chromium with
+Playwright (no browser download). Saves screenshots under test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parent_runs(client: MlflowClient, exp_id: str):
+    runs = client.search_runs([exp_id], filter_string="tags.`bertflow.stages` = 'ingest,vocab,mask,pretrain,finetune,score'")
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+@pytest.fixture(scope="module")
+def two_pipeline_runs(tiny_pipeline):
+    ws, summary = tiny_pipeline
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    if len(parent_runs(client, summary["experiment_id"])) < 2:
+        from flows.pipeline import pipeline
+
+        cwd = os.getcwd()
+        os.chdir(REPO)
+        try:
+            pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=list(TINY_OVERRIDES))
+        finally:
+            os.chdir(cwd)
+    runs = parent_runs(client, summary["experiment_id"])[:2]
+    assert len(runs) == 2
+    return summary, runs
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(two_pipeline_runs):
+    summary, _ = two_pipeline_runs
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", summary["tracking_uri"],
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not start in 90 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"],
+        )
+        yield b
+        b.close()
+
+
+def test_runs_nested_stages_and_compare_view(mlflow_ui, two_pipeline_runs, browser):
+    summary, runs = two_pipeline_runs
+    exp = summary["experiment_id"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+    page.goto(f"{mlflow_ui}/#/experiments/{exp}/runs")
+    for run in runs:
+        page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)
+
+    # Expand the first pipeline run: its six stage runs appear beneath it.
+    name_cell = page.locator("[role=gridcell][col-id='attributes.`Run Name`']", has_text=runs[0].info.run_name)
+    name_cell.first.locator("button").first.click()
+    for stage in ("ingest", "vocab", "mask", "pretrain", "finetune", "score"):
+        page.get_by_text(stage, exact=True).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"))
+
+    ids = ",".join(f'"{r.info.run_id}"' for r in runs)
+    page.goto(f"{mlflow_ui}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp}\"]")
+    page.get_by_text("pipeline_seconds").first.wait_for(timeout=60_000)
+    for run in runs:
+        page.get_by_text(run.info.run_name).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "mlflow-compare.png"), full_page=True)
+    page.close()
