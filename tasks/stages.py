@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from bert_core.finetune.config import FinetuneConfig
@@ -80,17 +80,41 @@ def mask(ctx: TrackingContext, cfg: MaskConfig, corpus_dir: str, tokenizer_dir: 
 def pretrain(
     ctx: TrackingContext, cfg: PretrainConfig, data_dir: str, tokenizer_dir: str, out_dir: str
 ) -> dict[str, Any]:
-    """Masked data -> pretrained BERT (checkpoints + Hugging Face export)."""
+    """Masked data -> pretrained BERT (checkpoints + Hugging Face export).
+
+    The training directory resumes when rerun with the same config and data (a crash
+    costs at most ``checkpoint_every`` steps). When config or data changed, the old
+    training directory is moved to ``<out_dir>.previous`` and training starts afresh.
+    """
     from bert_core.pretrain.stage import run
 
+    inputs = {"data": data_dir, "tokenizer": tokenizer_dir}
+    _claim_training_dir(out_dir, reuse.stage_key("pretrain", cfg, inputs))
     return run_stage(
         "pretrain",
         ctx,
         cfg,
         lambda m, p: run(cfg, data_dir, tokenizer_dir, out_dir, on_metrics=m, on_progress=p),
         out_dir,
-        inputs={"data": data_dir, "tokenizer": tokenizer_dir},
+        inputs=inputs,
     )
+
+
+def _claim_training_dir(out_dir: str, key: str) -> None:
+    """Mark ``out_dir`` as training for ``key``; set aside a directory trained for another key."""
+    import shutil
+    from pathlib import Path
+
+    out = Path(out_dir)
+    marker = out / ".bertflow-train-key"
+    if out.exists() and (not marker.is_file() or marker.read_text().strip() != key):
+        previous = out.with_name(out.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        out.rename(previous)
+        get_run_logger().warning("pretrain config or data changed: previous training moved to %s", previous)
+    out.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        marker.write_text(key)
 
 
 @task(name="finetune", **_TRAIN)

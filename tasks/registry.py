@@ -1,0 +1,386 @@
+"""MLflow Model Registry helpers for fine-tuned classifiers: log, register, promote, resolve.
+
+* :func:`log_model` logs a fine-tuned Hugging Face directory as an MLflow 3 ``LoggedModel``
+  (a pyfunc: DataFrame with ``text`` -> ``label``, ``score``) linked to a run, with a signature.
+* :func:`register` makes it a registry version and points alias ``candidate`` at it.
+* :func:`promote` moves alias ``champion`` to a version only if it beats the current
+  champion's score *on the same evaluation set* (same content digest); both scores and
+  the decision are recorded as model-version tags.
+* :func:`resolve_model_dir` turns a local dir or a ``models:/``/``runs:/`` URI into the local
+  HF directory that bulk scoring loads.
+
+Everything goes through an explicit tracking URI or ``MlflowClient``: MLflow's active run
+is thread-local and Prefect runs tasks in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from bert_core.errors import InputError
+
+HF_ARTIFACT = "hf_model"  # the key of the HF directory among the pyfunc's artifacts
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+DIGEST_TAG = "eval_digest"  # model-version tag: content digest of the set the score was measured on
+PROMOTION_PREFIX = "promotion."  # model-version tags recording a promotion decision
+
+
+class HFClassifierModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a fine-tuned HF directory: ``text`` (and ``text_pair``) in, ``label``/``score`` out.
+
+    Token-classification models return the word tags joined by spaces as ``label`` and
+    the mean word probability as ``score``.
+    """
+
+    def load_context(self, context) -> None:
+        from bert_core.finetune.predict import Predictor
+
+        self._predictor = Predictor(context.artifacts[HF_ARTIFACT], device="auto")
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if isinstance(model_input, pd.DataFrame):
+            texts = model_input["text"].tolist()
+            pairs = model_input["text_pair"].tolist() if "text_pair" in model_input.columns else None
+        else:  # a list of strings
+            texts, pairs = list(model_input), None
+        preds = self._predictor.predict(texts, pairs)
+        return pd.DataFrame({"label": [p.label for p in preds], "score": [float(p.score) for p in preds]})
+
+
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """A client for the tracking store and the registry at ``tracking_uri`` (one store for both)."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def model_signature(text_pair: bool = False):
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = [ColSpec("string", "text")] + ([ColSpec("string", "text_pair")] if text_pair else [])
+    outputs = [ColSpec("string", "label"), ColSpec("double", "score")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def log_model(
+    hf_dir: str | Path,
+    run_id: str | None,
+    name: str = "model",
+    *,
+    tracking_uri: str | None = None,
+    experiment_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    pip_requirements: list[str] | None = None,
+) -> str:
+    """Log ``hf_dir`` as a pyfunc LoggedModel linked to ``run_id``; returns its ``models:/<model_id>`` URI.
+
+    The run need not be active (nor still running): the link is made by id, which is safe
+    from any thread. The LoggedModel is created in the run's experiment (``experiment_id``
+    when there is no run), so its artifacts land beside the run's. ``tracking_uri``
+    (absolute) becomes the process's tracking and registry URI, because MLflow's model
+    logging reads the global one. Inside the model the HF directory is ``artifacts/hf_model``.
+    """
+    from mlflow.models import Model
+
+    from bert_core.finetune.export import read_meta
+
+    hf_dir = Path(hf_dir).resolve()
+    if not (hf_dir / "config.json").is_file():
+        raise InputError(f"{hf_dir} is not a Hugging Face model directory (no config.json); run finetune first")
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient()
+    if run_id:
+        experiment_id = client.get_run(run_id).info.experiment_id
+    if experiment_id is None:
+        raise InputError("log_model needs a run_id or an experiment_id to log the model into")
+    meta = read_meta(hf_dir)
+    all_tags = {"bertflow.task": str(meta.get("task", "sequence")), **(tags or {})}
+    # Create the LoggedModel ourselves: left to itself MLflow puts it in the *default*
+    # experiment (artifacts under ./mlruns of the current directory) when no run is active.
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=all_tags)
+    with tempfile.TemporaryDirectory(prefix="bertflow-log-") as staging:
+        staged = _stage_as(hf_dir, Path(staging) / HF_ARTIFACT)  # the artifact keeps this name inside the model
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input_example.*")
+            info = Model.log(
+                artifact_path=None,
+                name=name,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                model_id=logged.model_id,
+                python_model=HFClassifierModel(),
+                artifacts={HF_ARTIFACT: str(staged)},
+                signature=model_signature(bool(meta.get("text_pair"))),
+                pip_requirements=pip_requirements or _requirements(),  # explicit: skips MLflow's slow inference
+            )
+    return f"models:/{info.model_id}"
+
+
+def register(
+    model_uri: str,
+    name: str,
+    *,
+    client: MlflowClient | None = None,
+    alias: str = CANDIDATE,
+    tags: dict[str, str] | None = None,
+) -> int:
+    """Create a new version of registered model ``name`` from ``model_uri``; point ``alias`` at it."""
+    client = client or MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    model_id = _logged_model_id(model_uri)
+    if model_id is not None:
+        logged = client.get_logged_model(model_id)
+        mv = client.create_model_version(
+            name, source=model_uri, run_id=logged.source_run_id, tags=tags, model_id=model_id
+        )
+    else:  # runs:/ and other URIs: MLflow resolves them (against the global registry URI)
+        mv = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, alias, str(mv.version))
+    return int(mv.version)
+
+
+def promote(
+    name: str,
+    version: int | str,
+    metric_name: str,
+    eval_digest: str,
+    client: MlflowClient,
+    *,
+    score: float | None = None,
+    higher_is_better: bool = True,
+    alias: str = CHAMPION,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Move ``alias`` to ``version`` if it beats the current holder on the same evaluation set.
+
+    The candidate's score is ``score`` if given, else its version tag ``metric_name``, else
+    the metric of that name on its source run. The champion's score and digest come from
+    its own version tags, which this function writes on every candidate it sees. A champion
+    measured on a different evaluation set (other digest) is not comparable: the alias
+    stays unless ``force``. Returns ``{"promoted", "candidate_score", "champion_score",
+    "champion_version", "reason"}`` and records the same as ``promotion.*`` tags.
+    """
+    version = str(version)
+    mv = client.get_model_version(name, version)
+    cand = float(score) if score is not None else _score(client, mv, metric_name)
+    if cand is None:
+        raise InputError(
+            f"no {metric_name!r} score for {name} version {version}: "
+            "pass score=, tag the version or log the metric on its run"
+        )
+    client.set_model_version_tag(name, version, metric_name, repr(cand))
+    client.set_model_version_tag(name, version, DIGEST_TAG, eval_digest)
+
+    champion = _version_by_alias(client, name, alias)
+    champ_score = champ_version = None
+    if champion is None:
+        promoted, reason = True, f"no {alias} yet"
+    elif str(champion.version) == version:
+        promoted, reason = False, f"version {version} already is the {alias}"
+        champ_score, champ_version = cand, version
+    else:
+        champ_version = str(champion.version)
+        champ_score = _score(client, champion, metric_name)
+        champ_digest = champion.tags.get(DIGEST_TAG)
+        better = (
+            champ_score is not None
+            and (cand > champ_score if higher_is_better else cand < champ_score)
+        )
+        if champ_digest != eval_digest and not force:
+            promoted = False
+            reason = (
+                f"{alias} version {champ_version} was evaluated on a different evaluation set "
+                f"(digest {str(champ_digest)[:12]} vs {eval_digest[:12]}); scores are not comparable, "
+                f"{alias} kept (re-evaluate it, or promote with force=True)"
+            )
+        elif champ_score is None:
+            promoted = force
+            reason = f"{alias} version {champ_version} has no {metric_name!r} score" + (
+                "; promoted by force" if force else "; kept (promote with force=True)")
+        else:
+            promoted = better or force
+            relation = "beats" if better else "does not beat"
+            reason = f"{metric_name} {cand:.6g} {relation} {alias} version {champ_version}'s {champ_score:.6g}"
+            if force and not better:
+                reason += "; promoted by force"
+
+    record = {
+        "decision": "promoted" if promoted else "kept",
+        "candidate_score": repr(cand),
+        "champion_score": "" if champ_score is None else repr(champ_score),
+        "champion_version": champ_version or "",
+        "metric": metric_name,
+        "reason": reason,
+    }
+    for key, value in record.items():
+        client.set_model_version_tag(name, version, PROMOTION_PREFIX + key, str(value)[:5000])
+    if promoted:
+        client.set_registered_model_alias(name, alias, version)
+    return {
+        "promoted": promoted,
+        "candidate_score": cand,
+        "champion_score": champ_score,
+        "champion_version": champ_version,
+        "reason": reason,
+    }
+
+
+def resolve_model_dir(uri_or_path: str | Path, dst_dir: str | Path, *, tracking_uri: str | None = None) -> Path:
+    """The local HF directory behind a local path or an MLflow model URI.
+
+    * a local HF directory (has ``config.json``) is returned as is;
+    * a local MLflow model directory (has ``MLmodel``) gives its ``hf_model`` artifact;
+    * ``models:/name@alias``, ``models:/name/N``, ``models:/<model_id>`` and ``runs:/<run>/<name>``
+      are downloaded under ``dst_dir`` (aliases resolved to their version first; a version
+      already downloaded is reused) and the HF directory inside is returned.
+    """
+    text = str(uri_or_path)
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/", text) or text.startswith("file:"):
+        local = Path(text[len("file://"):] if text.startswith("file://") else text)
+        if (local / "config.json").is_file():
+            return local
+        if (local / "MLmodel").is_file():
+            return _hf_dir_in(local)
+        raise InputError(f"model {text}: not a Hugging Face model directory (no config.json) nor an MLflow model")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri) if tracking_uri else MlflowClient()
+    uri = _pin_alias(client, text)
+    cache = Path(dst_dir) / _cache_name(uri)
+    if (cache / "MLmodel").is_file():
+        return _hf_dir_in(cache)
+    tmp = Path(dst_dir) / f".{cache.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(tmp), tracking_uri=tracking_uri, registry_uri=tracking_uri
+            ))
+        except MlflowException as exc:
+            raise InputError(f"cannot download model {text}: {exc.message}") from None
+        if not (local / "MLmodel").is_file():
+            raise InputError(f"{text} is not an MLflow model (no MLmodel file in it)")
+        if not cache.exists():  # else another process got there first: use theirs
+            os.replace(local, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _hf_dir_in(cache)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _requirements() -> list[str]:
+    import numpy
+    import pyarrow
+    import tokenizers
+    import torch
+    import transformers
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"transformers=={transformers.__version__}",
+        f"tokenizers=={tokenizers.__version__}",
+        f"numpy=={numpy.__version__}",
+        f"pyarrow=={pyarrow.__version__}",
+        "pandas",
+    ]
+
+
+def _stage_as(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` named ``dst``: hard links where the filesystem allows (no bytes copied).
+
+    MLflow refuses symlinks that leave the directory it copies from.
+    """
+    try:
+        shutil.copytree(src, dst, copy_function=os.link)
+    except OSError:
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+    return dst
+
+
+def _logged_model_id(model_uri: str) -> str | None:
+    """``models:/<model_id>`` (MLflow 3 LoggedModel) -> id; registry URIs (name/N, name@alias) -> None."""
+    if not model_uri.startswith("models:/"):
+        return None
+    rest = model_uri[len("models:/"):].strip("/")
+    return rest if rest and "/" not in rest and "@" not in rest else None
+
+
+def _version_by_alias(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def _score(client: MlflowClient, mv, metric_name: str) -> float | None:
+    """A version's score: its tag, else its source run's metric, else its LoggedModel's metric."""
+    tag = (mv.tags or {}).get(metric_name)
+    if tag not in (None, ""):
+        try:
+            return float(tag)
+        except ValueError:
+            pass
+    if mv.run_id:
+        value = client.get_run(mv.run_id).data.metrics.get(metric_name)
+        if value is not None:
+            return float(value)
+    model_id = getattr(mv, "model_id", None)
+    if model_id:
+        for m in client.get_logged_model(model_id).metrics or []:
+            if m.key == metric_name:
+                return float(m.value)
+    return None
+
+
+def _pin_alias(client: MlflowClient, uri: str) -> str:
+    """``models:/name@alias`` -> ``models:/name/<version it points to now>`` (aliases move; versions do not)."""
+    m = re.match(r"^models:/([^/@]+)@([^/]+)$", uri)
+    if not m:
+        return uri
+    mv = _version_by_alias(client, m.group(1), m.group(2))
+    if mv is None:
+        raise InputError(f"model {uri}: registered model {m.group(1)!r} has no alias {m.group(2)!r}")
+    return f"models:/{m.group(1)}/{int(mv.version)}"
+
+
+def _cache_name(uri: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", uri)[:80]
+    return f"{readable}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}"
+
+
+def _hf_dir_in(model_dir: Path) -> Path:
+    """The ``hf_model`` artifact directory inside a downloaded pyfunc model (path read from MLmodel)."""
+    import yaml
+
+    spec = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8")) or {}
+    artifacts = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts", {}) or {}
+    rel = (artifacts.get(HF_ARTIFACT) or {}).get("path")
+    candidates = [model_dir / rel] if rel else []
+    candidates.append(model_dir / "artifacts" / HF_ARTIFACT)
+    for c in candidates:
+        if (c / "config.json").is_file():
+            return c
+    raise InputError(f"MLflow model at {model_dir} holds no {HF_ARTIFACT!r} Hugging Face directory")
