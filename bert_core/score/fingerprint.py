@@ -1,0 +1,74 @@
+"""Fingerprints that decide whether a file's committed output is still valid.
+
+An output is reused only when the input file, the model and the output-shaping
+config are all unchanged. The input fingerprint defaults to size + Parquet footer:
+the footer holds every row group's byte offsets, sizes and statistics, so any
+rewrite of the data changes it, and reading it costs one small read instead of
+hashing the whole lake on every plan. ``input_fingerprint="content"`` hashes the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+from bert_core.stageio import file_digest
+
+from bert_core.score.config import ScoreConfig
+
+_TAIL = 1 << 16
+# Keys that change what is written; device, batch sizes and threading do not.
+_OUTPUT_KEYS = ("text_column", "text_pair_column", "key_columns", "filter", "max_length", "probabilities",
+                "embeddings", "non_string_text", "output_prefix")
+_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth")
+_model_cache: dict[tuple, str] = {}
+
+
+def input_fingerprint(path: str | Path, mode: str = "footer") -> str:
+    """``footer:<sha256 of size + footer>`` or ``sha256:<content digest>``; a non-Parquet file hashes its tail."""
+    path = Path(path)
+    if mode == "content":
+        return "sha256:" + file_digest(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        footer = b""
+        if size >= 12:
+            fh.seek(size - 8)
+            tail = fh.read(8)
+            length = struct.unpack("<I", tail[:4])[0]
+            if tail[4:] == b"PAR1" and length + 8 <= size:
+                fh.seek(size - 8 - length)
+                footer = fh.read(length + 8)
+        if not footer:  # not a Parquet file (it will fail when read): hash its head and tail
+            fh.seek(0)
+            footer = fh.read(_TAIL)
+            if size > _TAIL:
+                fh.seek(max(size - _TAIL, _TAIL))
+                footer += fh.read(_TAIL)
+        h.update(footer)
+    return "footer:" + h.hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over the model directory's weight, config and tokenizer files (cached by stat)."""
+    root = Path(model_dir).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    key = tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [os.stat(p)])
+    if key not in _model_cache:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.relative_to(root).as_posix()}\0{file_digest(p)}\n".encode())
+        _model_cache[key] = "sha256:" + h.hexdigest()
+    return _model_cache[key]
+
+
+def config_digest(cfg: ScoreConfig) -> str:
+    """sha256 of the config keys that shape the output (not device, batch sizes or threads)."""
+    body = {k: getattr(cfg, k) for k in _OUTPUT_KEYS}
+    body["key_columns"] = list(body["key_columns"]) if body["key_columns"] is not None else None
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,220 @@
+"""Load a local Hugging Face sequence classifier once and run it on padded batches.
+
+On CUDA the weights are bf16 (``cfg.bf16``) with SDPA attention; probabilities and
+pooling are computed in fp32. A forward returns a :class:`Pending` whose device→host
+copy is asynchronous (pinned memory + an event), so the caller can queue the next
+batches before waiting: the GPU never idles on Python. On CPU everything is fp32
+and synchronous (exact enough to match a plain HF forward within 1e-4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bert_core.errors import InputError
+from bert_core.score.config import ScoreConfig
+from bert_core.score.fingerprint import model_fingerprint
+
+_CHARS_PER_TOKEN_CAP = 64  # text beyond max_length * this many characters is cut before tokenizing
+_cache: dict[tuple, Classifier] = {}
+
+
+@dataclass
+class Classifier:
+    """A loaded model and its fast tokenizer (truncating to ``max_length``, no padding)."""
+
+    model: torch.nn.Module
+    tokenizer: object  # tokenizers.Tokenizer
+    device: torch.device
+    dtype: torch.dtype
+    labels: list[str]
+    activation: str  # "softmax" or "sigmoid" (one label or multi-label), as transformers' pipeline does
+    max_length: int
+    max_chars: int
+    pad_id: int
+    pad_multiple: int
+    hidden_size: int
+    uses_token_types: bool
+    fingerprint: str
+    mask_4d: bool = False  # pass a prepared boolean 4-D mask: transformers then skips its per-batch host sync
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for a missing CUDA device is a ConfigError-style InputError."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"score.device is {spec!r} but CUDA is not available here (use auto or cpu)")
+    return dev
+
+
+def cpu_threads(cfg: ScoreConfig) -> int:
+    """Torch threads for CPU scoring: ``cfg.cpu_threads``, or all usable cores but one.
+
+    The spare core runs the tokenizer thread. Measured on 2 shared cores: with 2 torch
+    threads competing with the tokenizer (and other processes), OpenMP barriers stall
+    and the pipeline ran 2-7x slower than with 1 (benchmarks/RESULTS.md, Scoring).
+    """
+    if cfg.cpu_threads > 0:
+        return cfg.cpu_threads
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable - 1)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Set torch's intra-op thread count for a block and restore it (it is process-wide)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
+    """Load (or reuse) the classifier in ``model_dir`` for ``cfg``'s device, precision and max_length."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"model directory {model_dir} has no config.json: give a local Hugging Face model dir")
+    device = resolve_device(cfg.device)
+    dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
+    fingerprint = model_fingerprint(model_dir)
+    key = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length)
+    if key not in _cache:
+        _cache.clear()  # one model at a time: scoring runs hold one, and GPU memory is not free
+        _cache[key] = _load(model_dir, cfg, device, dtype, fingerprint)
+    return _cache[key]
+
+
+def _load(model_dir: Path, cfg: ScoreConfig, device: torch.device, dtype: torch.dtype, fingerprint: str) -> Classifier:
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        hf_tok = AutoTokenizer.from_pretrained(model_dir)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa")
+        except (ValueError, ImportError):  # an architecture without SDPA support
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot load a sequence classifier from {model_dir}: {exc}") from None
+    if not getattr(hf_tok, "is_fast", False):
+        raise InputError(f"{model_dir}: scoring needs a fast tokenizer (tokenizer.json); "
+                         f"save it with transformers' fast tokenizer first")
+    if device.type == "cuda" and dtype == torch.float32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model.to(device=device, dtype=dtype).eval()
+    config = model.config
+    max_length = cfg.max_length
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+        max_length = min(max_length, positions - offset)
+    if 0 < getattr(hf_tok, "model_max_length", 0) < 1_000_000:
+        max_length = min(max_length, hf_tok.model_max_length)
+    tok = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())  # our own copy: HF calls mutate its settings
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length, strategy="longest_first")
+    id2label = getattr(config, "id2label", None) or {}
+    labels = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
+    multi = config.num_labels == 1 or getattr(config, "problem_type", None) == "multi_label_classification"
+    pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0
+    forward_args = inspect.signature(model.forward).parameters
+    uses_types = "token_type_ids" in forward_args and "token_type_ids" in getattr(hf_tok, "model_input_names", [])
+    clf = Classifier(
+        model=model, tokenizer=tok, device=device, dtype=dtype, labels=labels,
+        activation="sigmoid" if multi else "softmax", max_length=max_length,
+        max_chars=max_length * _CHARS_PER_TOKEN_CAP, pad_id=pad_id,
+        pad_multiple=8 if device.type == "cuda" else 1, hidden_size=int(config.hidden_size),
+        uses_token_types=uses_types, fingerprint=fingerprint,
+    )
+    clf.mask_4d = _accepts_4d_mask(clf, int(getattr(config, "vocab_size", 100)))
+    return clf
+
+
+def _mask_4d(mask: torch.Tensor) -> torch.Tensor:
+    """``(batch, 1, q, kv)`` boolean mask (True: attend) from a 2-D padding mask, as SDPA takes it."""
+    b, n = mask.shape
+    return mask.bool()[:, None, None, :].expand(b, 1, n, n)
+
+
+def _accepts_4d_mask(clf: Classifier, vocab: int) -> bool:
+    """Does this model (and transformers version) give the same logits with a prepared 4-D mask?
+
+    transformers 5 checks ``padding_mask.all()`` on every forward with a 2-D mask: a
+    device-to-host sync that drains the GPU queue each batch. A prepared mask is used
+    as-is. Probed once, on the real model, so another version or architecture simply
+    keeps the 2-D mask.
+    """
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, max(2, vocab), (2, 6), generator=gen).to(clf.device)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], device=clf.device)
+    try:
+        with torch.inference_mode():
+            ref = clf.model(input_ids=ids, attention_mask=mask).logits.float()
+            got = clf.model(input_ids=ids, attention_mask=_mask_4d(mask)).logits.float()
+    except Exception:  # noqa: BLE001 - any refusal means "keep the 2-D mask"
+        return False
+    tol = 1e-4 if clf.dtype == torch.float32 else 3e-2
+    return bool(torch.allclose(ref, got, atol=tol, rtol=tol))
+
+
+class Pending:
+    """A batch's results on their way to the host; ``result()`` waits for them."""
+
+    def __init__(self, probs: torch.Tensor, emb: torch.Tensor | None, event: object | None):
+        self._probs, self._emb, self._event = probs, emb, event
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._event is not None:
+            self._event.synchronize()
+        emb = self._emb.numpy() if self._emb is not None else None
+        return self._probs.numpy(), emb
+
+
+def forward(clf: Classifier, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor | None, pooling: str, padded: bool = True) -> Pending:
+    """Run one padded batch (``padded=False``: no row has padding); call under ``torch.inference_mode()``."""
+    dev = clf.device
+    non_blocking = dev.type == "cuda"
+    ids = input_ids.to(dev, non_blocking=non_blocking)
+    mask = attention_mask.to(dev, non_blocking=non_blocking)
+    if not padded:
+        model_mask = None  # lets SDPA pick its fastest (flash) kernel
+    else:
+        model_mask = _mask_4d(mask) if clf.mask_4d else mask
+    kwargs = {"input_ids": ids, "attention_mask": model_mask}
+    if clf.uses_token_types and token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids.to(dev, non_blocking=non_blocking)
+    out = clf.model(**kwargs, output_hidden_states=pooling != "none")
+    logits = out.logits.float()
+    probs = torch.sigmoid(logits) if clf.activation == "sigmoid" else torch.softmax(logits, dim=-1)
+    emb = None
+    if pooling != "none":
+        hidden = out.hidden_states[-1]
+        if pooling == "cls":
+            emb = hidden[:, 0].float()
+        else:
+            m = mask.unsqueeze(-1).to(torch.float32)
+            emb = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if dev.type != "cuda":
+        return Pending(probs, emb, None)
+    probs_host = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
+    probs_host.copy_(probs, non_blocking=True)
+    emb_host = None
+    if emb is not None:
+        emb_host = torch.empty(emb.shape, dtype=torch.float32, pin_memory=True)
+        emb_host.copy_(emb, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return Pending(probs_host, emb_host, event)

@@ -1,0 +1,249 @@
+"""Score one Parquet file into one output file, with reading, the model and writing overlapped.
+
+Three threads per file, joined by bounded queues (so memory stays flat):
+
+- a *producer* reads record batches (``ParquetFile.iter_batches``), filters them,
+  cuts them into windows of ``batch_size * sort_window`` rows, validates texts and
+  tokenizes each window in one ``encode_batch`` call (Rust, releases the GIL, uses
+  every core), then sorts by length and pads per batch;
+- the *caller's thread* runs the model under ``torch.inference_mode``, queueing a
+  window's batches on the GPU before collecting the previous window's results;
+- a *writer* assembles Arrow batches and writes Parquet row groups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from bert_core.errors import InputError
+from bert_core.score.config import ScoreConfig
+from bert_core.score.encode import ERR_EMPTY_PAIR, ERR_NULL_PAIR, EncodedWindow, encode_window, extract_texts
+from bert_core.score.filters import BoundFilter, Filter, bind_filter
+from bert_core.score.model import Classifier, cpu_threads, forward, torch_threads
+from bert_core.score.output import OutputSpec, WriterThread, build_batch
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """Which columns a file needs, which it carries to the output, and its bound filter."""
+
+    read_columns: tuple[str, ...]
+    carried: pa.Schema
+    text_column: str
+    pair_column: str | None
+    filter: BoundFilter | None
+
+
+def read_plan(cfg: ScoreConfig, schema: pa.Schema, partition: dict[str, str], flt: Filter | None,
+              where: str, added_names: list[str]) -> ReadPlan:
+    """Check a file's schema against the config; InputError naming the column at fault."""
+    names = schema.names
+    for what, col in (("score.text_column", cfg.text_column), ("score.text_pair_column", cfg.text_pair_column)):
+        if col is not None and col not in names:
+            raise InputError(f"{where} has no column {col!r} ({what}); its columns: {', '.join(names)}")
+    text_cols = {cfg.text_column, cfg.text_pair_column} - {None}
+    if cfg.key_columns is None:
+        carried = [n for n in names if n not in text_cols]
+    else:
+        missing = [c for c in cfg.key_columns if c not in names and c not in partition]
+        if missing:
+            raise InputError(f"{where} has no column {missing[0]!r} (score.key_columns); "
+                             f"its columns: {', '.join(names)}")
+        carried = [c for c in cfg.key_columns if c in names]  # partition keys stay in the path
+    clash = sorted((set(carried) | set(partition)) & set(added_names))
+    if clash:
+        raise InputError(f"{where}: column {clash[0]!r} clashes with an output column; leave it out with "
+                         f"score.key_columns or set score.output_prefix (e.g. 'pred_')")
+    bound = bind_filter(flt, schema, partition, where)
+    needed = list(dict.fromkeys(carried + sorted(text_cols) + (bound.columns if bound else [])))
+    carried_schema = pa.schema([schema.field(n).remove_metadata() for n in carried])
+    return ReadPlan(tuple(needed), carried_schema, cfg.text_column, cfg.text_pair_column, bound)
+
+
+@dataclass
+class Counts:
+    rows_in: int = 0  # rows in the input file (its footer)
+    rows_read: int = 0  # rows the reader went through (must equal rows_in)
+    rows_filtered: int = 0  # left out by the filter
+    rows_out: int = 0  # written (= rows_in - rows_filtered)
+    rows_scored: int = 0  # with a prediction (truncated rows included)
+    rows_error: int = 0  # null prediction, error code set
+    rows_truncated: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+
+
+def score_stream(pf: pq.ParquetFile, where: str, tmp: Path, clf: Classifier, cfg: ScoreConfig, rp: ReadPlan,
+                 spec: OutputSpec, commit_record: Callable[[Counts], dict[bytes, bytes]],
+                 on_rows: Callable[[int], None] | None = None) -> Counts:
+    """Score every row of ``pf`` into ``tmp`` (a complete Parquet file when this returns)."""
+    counts = Counts(rows_in=pf.metadata.num_rows)
+    writer = WriterThread(tmp, spec.schema(), cfg.compression, cfg.row_group_rows)
+    q: queue.Queue = queue.Queue(maxsize=cfg.prefetch_windows)
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce, args=(pf, where, clf, cfg, rp, q, stop),
+                                name="score-tokenize", daemon=True)
+    producer.start()
+    try:
+        pooling = cfg.embeddings
+        previous = None
+        threads = torch_threads(cpu_threads(cfg)) if clf.device.type == "cpu" else contextlib.nullcontext()
+        with threads, torch.inference_mode():
+            for carried, enc, rows_read in _consume(q):
+                pending = [(b.rows, forward(clf, b.input_ids, b.attention_mask, b.token_type_ids, pooling, b.padded))
+                           for b in enc.batches]
+                if previous is not None:
+                    _finish(previous, writer, spec, clf, counts, on_rows)
+                previous = (carried, enc, pending, rows_read)
+            if previous is not None:
+                _finish(previous, writer, spec, clf, counts, on_rows)
+        counts.rows_filtered = counts.rows_read - counts.rows_out
+        written = writer.close(commit_record(counts))
+    except BaseException:
+        stop.set()
+        writer.abort()
+        raise
+    finally:
+        stop.set()
+        producer.join(timeout=30)
+    # Rows in = rows out: every row read is either filtered out or written, scored or flagged.
+    if not (counts.rows_read == counts.rows_in == counts.rows_out + counts.rows_filtered
+            and counts.rows_scored + counts.rows_error == counts.rows_out == written):
+        raise RuntimeError(f"{where}: row counts do not add up (in {counts.rows_in}, read {counts.rows_read}, "
+                           f"filtered {counts.rows_filtered}, written {written}, scored {counts.rows_scored}, "
+                           f"errors {counts.rows_error})")
+    return counts
+
+
+def _finish(item, writer: WriterThread, spec: OutputSpec, clf: Classifier, counts: Counts,
+            on_rows: Callable[[int], None] | None) -> None:
+    carried, enc, pending, rows_read = item
+    n = enc.n
+    if n:
+        k = len(clf.labels)
+        probs = np.zeros((n, k), dtype=np.float32)
+        emb = np.zeros((n, spec.embedding_dim), dtype=np.float32) if spec.embedding_dim else None
+        for rows, pend in pending:
+            p, e = pend.result()
+            probs[rows] = p
+            if emb is not None:
+                emb[rows] = e
+        label_idx = np.where(enc.scored, probs.argmax(axis=1), -1).astype(np.int32)
+        writer.put(functools.partial(build_batch, spec, carried, label_idx, probs, emb, enc.errors))
+        scored = int(enc.scored.sum())
+        counts.rows_out += n
+        counts.rows_scored += scored
+        counts.rows_error += n - scored
+        counts.tokens += enc.tokens
+        counts.padded_tokens += enc.padded_tokens
+        for code in enc.errors:
+            if code is not None:
+                key = code if not code.startswith("not_text:") else "not_text"
+                counts.errors_by_code[key] = counts.errors_by_code.get(key, 0) + 1
+        counts.rows_truncated = counts.errors_by_code.get("truncated", 0)
+    counts.rows_read += rows_read
+    if on_rows is not None and rows_read:
+        on_rows(rows_read)
+
+
+def _consume(q: queue.Queue) -> Iterator[tuple]:
+    while True:
+        item = q.get()
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _put(q: queue.Queue, stop: threading.Event, item) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(pf: pq.ParquetFile, where: str, clf: Classifier, cfg: ScoreConfig, rp: ReadPlan,
+             q: queue.Queue, stop: threading.Event) -> None:
+    try:
+        window = cfg.batch_size * cfg.sort_window
+        pin = clf.device.type == "cuda"
+        for pieces, rows_read in _windows(_read(pf, where, cfg, rp), window):
+            if stop.is_set():
+                return
+            if not pieces:  # everything read since the last window was filtered out: progress only
+                if not _put(q, stop, (None, EncodedWindow(0, [], np.zeros(0, bool), [], 0, 0), rows_read)):
+                    return
+                continue
+            batch = _concat(pieces)
+            texts = extract_texts(batch.column(rp.text_column), clf.max_chars, cfg.non_string_text)
+            pairs = None
+            if rp.pair_column is not None:
+                pairs = extract_texts(batch.column(rp.pair_column), clf.max_chars, cfg.non_string_text,
+                                      null_code=ERR_NULL_PAIR, empty_code=ERR_EMPTY_PAIR)
+            enc = encode_window(texts, pairs, clf.tokenizer, cfg.batch_size, clf.pad_id, clf.pad_multiple,
+                                clf.uses_token_types, sort=cfg.sort_window > 1, pin=pin)
+            carried = batch.select(rp.carried.names)
+            if not _put(q, stop, (carried, enc, rows_read)):
+                return
+        _put(q, stop, _END)
+    except BaseException as exc:  # handed to the model thread, which re-raises it
+        _put(q, stop, exc)
+
+
+def _read(pf: pq.ParquetFile, where: str, cfg: ScoreConfig, rp: ReadPlan) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """Yield ``(filtered batch, rows read)``; a file whose partition fails the filter reads nothing."""
+    if rp.filter is not None and not rp.filter.partition_pass:
+        yield pa.RecordBatch.from_pylist([], schema=pa.schema([pf.schema_arrow.field(c) for c in rp.read_columns])), \
+            pf.metadata.num_rows
+        return
+    try:
+        for batch in pf.iter_batches(batch_size=cfg.read_batch_rows, columns=list(rp.read_columns)):
+            n = batch.num_rows
+            if rp.filter is not None and rp.filter.row_clauses:
+                batch = batch.filter(rp.filter.mask(batch))
+            yield batch, n
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{where}: cannot read Parquet data: {exc}") from None
+
+
+def _windows(batches: Iterator[tuple[pa.RecordBatch, int]], size: int) -> Iterator[tuple[list[pa.RecordBatch], int]]:
+    """Regroup batches into windows of exactly ``size`` rows (the last may be shorter)."""
+    buf: list[pa.RecordBatch] = []
+    have = read = 0
+    for batch, n_read in batches:
+        read += n_read
+        while batch.num_rows:
+            take = min(size - have, batch.num_rows)
+            buf.append(batch.slice(0, take))
+            have += take
+            batch = batch.slice(take)
+            if have == size:
+                yield buf, read
+                buf, have, read = [], 0, 0
+    if have or read:
+        yield buf, read
+
+
+def _concat(pieces: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(pieces) == 1:
+        return pieces[0]
+    table = pa.Table.from_batches(pieces).combine_chunks()
+    return pa.RecordBatch.from_arrays([c.chunk(0) for c in table.columns], schema=table.schema)

@@ -1,0 +1,346 @@
+"""Bulk scoring end to end on CPU with a tiny BERT classifier: rows in = rows out, exactly once, equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bert_core.errors import InputError
+from bert_core.score.config import ScoreConfig
+from bert_core.score.stage import FileJob, output_dataset, output_lock, plan, run, score_file
+from bert_core.stageio import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("the a film movie story plot actor great good bad terrible wonderful boring funny sad long short very not "
+         "really quite it is was and but with of to in on for this that i you we they love hate liked enjoyed").split()
+LABELS = {0: "neg", 1: "neu", 2: "pos"}
+
+
+def sentence(rng: random.Random, lo: int = 3, hi: int = 25) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer x 32-hidden BERT classifier (3 labels) with a WordPiece tokenizer trained here."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    raw.decoder = decoders.WordPiece()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    corpus = [sentence(rng) for _ in range(300)] + ["0123456789 éàü ,.!?'"]
+    raw.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+    raw.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", raw.token_to_id("[CLS]")), ("[SEP]", raw.token_to_id("[SEP]"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3, initializer_range=0.5,
+                        id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    model = BertForSequenceClassification(config)
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write(path: Path, table: dict | pa.Table) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table if isinstance(table, pa.Table) else pa.table(table), path)
+    return path
+
+
+def make_lake(root: Path, files: int, rows: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    texts = []
+    for f in range(files):
+        chunk = [sentence(rng) for _ in range(rows)]
+        texts += chunk
+        write(root / f"part-{f:03d}.parquet", {"id": list(range(f * rows, (f + 1) * rows)), "text": chunk})
+    return texts
+
+
+def cfg(lake: Path, **kw) -> ScoreConfig:
+    kw.setdefault("batch_size", 8)
+    kw.setdefault("sort_window", 4)
+    kw.setdefault("max_length", 32)
+    kw.setdefault("device", "cpu")
+    return ScoreConfig(input=str(lake), **kw)
+
+
+def read_out(out: Path) -> pa.Table:
+    return output_dataset(out).to_table()
+
+
+def hf_reference(model_dir: Path, texts: list[str], max_length: int, pairs: list[str] | None = None):
+    """A plain transformers forward: probabilities, CLS and mean-pooled last hidden states."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    enc = tok(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**enc, output_hidden_states=True)
+    probs = out.logits.float().softmax(-1).numpy()
+    hidden = out.hidden_states[-1]
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    mean = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    return probs, hidden[:, 0].numpy(), mean
+
+
+# ------------------------------------------------------------------------------------------------------------------
+def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path):
+    rng = random.Random(1)
+    huge = "good " * 200_000  # 1 MB of text: truncated, still scored
+    texts = [sentence(rng), None, "", "  \t\n ", huge, "éàü !", sentence(rng, 40, 60)] * 7 + [None]
+    lake = tmp_path / "lake"
+    write(lake / "a.parquet", {"id": list(range(len(texts))), "text": texts})
+    write(lake / "b.parquet", {"id": [100, 101, 102], "text": pa.array([1, None, 3], pa.int64())})
+    result = run(cfg(lake, max_length=16), tiny_model, tmp_path / "out")
+    out = read_out(tmp_path / "out").sort_by("id")
+    a = out.filter(pc.less(out["id"], 100)).to_pylist()
+    assert [r["id"] for r in a] == list(range(len(texts)))  # rows in = rows out, in order, no duplicates
+    for text, row in zip(texts, a):
+        if text is None:
+            assert row["error"] == "null_text" and row["label"] is None and row["score"] is None
+        elif not text.strip():
+            assert row["error"] == "empty_text" and row["label"] is None
+        else:
+            assert row["label"] in LABELS.values() and 0 < row["score"] <= 1
+            long = len(text.split()) > 14 or text is huge
+            assert row["error"] == ("truncated" if long else None)
+    b = out.filter(pc.greater_equal(out["id"], 100)).to_pylist()
+    assert [r["error"] for r in b] == ["not_text:int64"] * 3 and all(r["label"] is None for r in b)
+    m = result.metrics
+    assert m["rows_in"] == len(texts) + 3 == m["rows_scored"] + m["rows_error"]
+    truncated = sum(1 for t in texts if t is not None and t.strip() and (t is huge or len(t.split()) > 14))
+    assert m["rows_error"] == 3 * 7 + 1 + 3 and m["rows_truncated"] == truncated >= 14
+
+    # The cast policy scores numbers as text instead.
+    cast = run(cfg(lake / "b.parquet", non_string_text="cast"), tiny_model, tmp_path / "out-cast")
+    rows = read_out(tmp_path / "out-cast").sort_by("id").to_pylist()
+    assert [r["error"] for r in rows] == [None, "null_text", None] and rows[0]["label"] is not None
+    assert cast.metrics["rows_scored"] == 2
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_output_equals_a_plain_hf_forward(tiny_model, tmp_path, pair):
+    rng = random.Random(2)
+    texts = [sentence(rng, 1, 40) for _ in range(120)]
+    seconds = [sentence(rng, 1, 10) for _ in range(120)] if pair else None
+    data = {"id": list(range(120)), "text": texts, **({"hyp": seconds} if pair else {})}
+    write(tmp_path / "in.parquet", data)
+    c = cfg(tmp_path / "in.parquet", probabilities=True, embeddings="mean", text_pair_column="hyp" if pair else None,
+            max_length=24, batch_size=16)
+    run(c, tiny_model, tmp_path / "out")
+    out = read_out(tmp_path / "out").sort_by("id")
+    probs, _, mean = hf_reference(tiny_model, texts, 24, seconds)
+    assert out["label"].to_pylist() == [LABELS[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose(out["score"].to_numpy(), probs.max(1), atol=1e-4)
+    np.testing.assert_allclose(np.stack(out["probabilities"].to_numpy(zero_copy_only=False)), probs, atol=1e-4)
+    np.testing.assert_allclose(np.stack(out["embedding"].to_numpy(zero_copy_only=False)), mean, atol=1e-4)
+    assert len(set(out["label"].to_pylist())) > 1  # the model is not constant: the comparison means something
+    if not pair:
+        assert out.column_names == ["id", "label", "score", "probabilities", "embedding", "model_uri",
+                                    "model_version", "error"]
+
+
+def test_probabilities_and_cls_embedding_columns(tiny_model, tmp_path):
+    rng = random.Random(3)
+    texts = [sentence(rng) for _ in range(30)] + [None]
+    write(tmp_path / "in.parquet", {"id": list(range(31)), "text": texts})
+    run(cfg(tmp_path / "in.parquet", probabilities=True, embeddings="cls"), tiny_model, tmp_path / "out",
+        model_uri="models:/tiny@champion", model_version="7")
+    out = pq.read_table(tmp_path / "out" / "in.parquet")
+    assert out.schema.field("probabilities").type == pa.list_(pa.float32())
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    assert out.schema.field("score").type == pa.float32() and out.schema.field("label").type == pa.string()
+    probs = out["probabilities"].to_pylist()
+    assert all(len(p) == 3 and abs(sum(p) - 1) < 1e-5 for p in probs[:30]) and probs[30] is None
+    emb = out["embedding"].to_pylist()
+    assert np.isnan(emb[30]).all() and not np.isnan(emb[:30]).any()  # unscored rows: NaN vector (see output.py)
+    _, cls, _ = hf_reference(tiny_model, texts[:30], 32)
+    np.testing.assert_allclose(np.array(emb[:30]), cls, atol=1e-4)
+    assert set(out["model_uri"].to_pylist()) == {"models:/tiny@champion"}
+    assert set(out["model_version"].to_pylist()) == {"7"}
+
+
+def test_hive_partitions_are_mirrored_and_filters_apply(tiny_model, tmp_path):
+    rng = random.Random(4)
+    lake = tmp_path / "lake"
+    for dt in ("2024-01-01", "2024-01-02"):
+        for part in range(2):
+            n = 20
+            write(lake / f"dt={dt}" / f"part-{part}.parquet",
+                  {"id": [f"{dt}/{part}/{i}" for i in range(n)], "text": [sentence(rng) for _ in range(n)],
+                   "lang": [rng.choice(["en", "fr"]) for _ in range(n)], "n": list(range(n))})
+    out = tmp_path / "out"
+    result = run(cfg(lake, filter="dt = '2024-01-02' AND lang = 'en' AND n >= 5", key_columns=("id", "lang")),
+                 tiny_model, out)
+    outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    assert outputs == ["dt=2024-01-01/part-0.parquet", "dt=2024-01-01/part-1.parquet",
+                       "dt=2024-01-02/part-0.parquet", "dt=2024-01-02/part-1.parquet"]
+    table = read_out(out)
+    assert table.column_names[:2] == ["id", "lang"]
+    assert "n" not in table.column_names and "text" not in table.column_names
+    src = pa.concat_tables(pq.read_table(p).append_column("dt", pa.array([p.parent.name[3:]] * 20))
+                           for p in sorted(lake.rglob("*.parquet")))
+    expected = sorted(r["id"] for r in src.to_pylist() if r["dt"] == "2024-01-02" and r["lang"] == "en" and r["n"] >= 5)
+    assert sorted(table["id"].to_pylist()) == expected and expected
+    assert set(table["dt"].to_pylist()) == {"2024-01-02"}  # hive partition read back from the mirrored path
+    assert result.metrics["rows_in"] == 80 and result.metrics["rows_filtered"] == 80 - len(expected)
+    assert pq.read_metadata(out / "dt=2024-01-01" / "part-0.parquet").num_rows == 0  # one output per input file
+
+
+def test_corrupt_files_are_reported_and_the_others_scored(tiny_model, tmp_path):
+    lake = tmp_path / "lake"
+    make_lake(lake, files=3, rows=10)
+    (lake / "part-bad.parquet").write_bytes(b"this is not parquet at all" * 10)
+    good = (lake / "part-000.parquet").read_bytes()
+    (lake / "part-cut.parquet").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "out"
+    result = run(cfg(lake), tiny_model, out)
+    assert result.metrics["files_failed"] == 2 and result.metrics["files_scored"] == 3
+    failed = {f["input"]: f["reason"] for f in result.details["failed"]}
+    assert set(failed) == {"part-bad.parquet", "part-cut.parquet"}
+    assert all("part-" in reason and "Parquet" in reason for reason in failed.values())
+    manifest = read_manifest(out, "score")
+    assert {f["input"] for f in manifest["failed"]} == set(failed)
+    assert manifest["metrics"]["rows_scored"] + manifest["metrics"]["rows_error"] == 30
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-000.parquet", "part-001.parquet", "part-002.parquet"]
+    again = run(cfg(lake), tiny_model, out)  # failed files are retried, committed ones skipped
+    assert again.metrics["files_skipped"] == 3 and again.metrics["files_failed"] == 2
+
+
+def test_reruns_skip_committed_files_and_redo_changed_ones(tiny_model, tmp_path):
+    lake, out = tmp_path / "lake", tmp_path / "out"
+    make_lake(lake, files=3, rows=12)
+    first = run(cfg(lake), tiny_model, out)
+    assert first.metrics["files_scored"] == 3
+    assert run(cfg(lake), tiny_model, out).metrics["files_skipped"] == 3
+    write(lake / "part-001.parquet", {"id": [1, 2], "text": ["good film", "bad film"]})  # input changed
+    jobs = {j.rel_path: j for j in plan(cfg(lake), out, model_dir=tiny_model)}
+    assert not jobs["part-001.parquet"].committed and jobs["part-001.parquet"].reason == "input changed"
+    assert jobs["part-000.parquet"].committed
+    third = run(cfg(lake), tiny_model, out)
+    assert third.metrics["files_scored"] == 1 and third.metrics["files_skipped"] == 2
+    assert pq.read_metadata(out / "part-001.parquet").num_rows == 2
+    assert [j.reason for j in plan(cfg(lake, probabilities=True), out)] == ["config changed"] * 3
+    # score_file is idempotent: a committed file returns at once.
+    job = plan(cfg(lake), out, model_dir=tiny_model)[0]
+    assert score_file(cfg(lake), job, tiny_model)["status"] == "skipped"
+    # A different model makes every output stale.
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for p in tiny_model.iterdir():
+        (other / p.name).write_bytes(p.read_bytes())
+    (other / "config.json").write_text(json.dumps({**json.loads((tiny_model / "config.json").read_text()),
+                                                   "id2label": {"0": "a", "1": "b", "2": "c"}}))
+    assert [j.reason for j in plan(cfg(lake), out, model_dir=other)] == ["model changed"] * 3
+
+
+def test_concurrent_run_refuses_via_the_lock(tiny_model, tmp_path):
+    lake, out = tmp_path / "lake", tmp_path / "out"
+    make_lake(lake, files=1, rows=5)
+    with output_lock(out):
+        with pytest.raises(InputError, match="another scoring run holds the lock on"):
+            run(cfg(lake), tiny_model, out)
+    assert run(cfg(lake), tiny_model, out).metrics["files_scored"] == 1  # released afterwards
+
+
+def test_progress_and_manifest(tiny_model, tmp_path):
+    lake, out = tmp_path / "lake", tmp_path / "out"
+    make_lake(lake, files=2, rows=40)
+    seen = []
+    threads = torch.get_num_threads()
+    result = run(cfg(lake, read_batch_rows=16, cpu_threads=threads + 1), tiny_model, out,
+                 on_progress=lambda d, t: seen.append((d, t)))
+    assert torch.get_num_threads() == threads  # scoring's thread setting does not leak into the process
+    assert seen[-1] == (80, 80) and all(t == 80 for _, t in seen) and len(seen) > 2
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    manifest = read_manifest(out, "score")
+    assert manifest["stage"] == "score" and len(manifest["files"]) == 2 and manifest["input_fingerprint"]
+    assert manifest["metrics"]["rows_per_s"] > 0 and result.metrics["rows_scored"] == 80
+    assert list((out / "_runs").glob("*.json"))
+
+
+def test_input_column_clash_and_missing_column_are_clear_errors(tiny_model, tmp_path):
+    write(tmp_path / "in.parquet", {"label": [1, 0], "text": ["good", "bad"]})
+    with pytest.raises(InputError, match="'label' clashes with an output column.*output_prefix"):
+        run(cfg(tmp_path / "in.parquet"), tiny_model, tmp_path / "out")
+    run(cfg(tmp_path / "in.parquet", output_prefix="pred_"), tiny_model, tmp_path / "out2")
+    assert pq.read_schema(tmp_path / "out2" / "in.parquet").names[:3] == ["label", "pred_label", "pred_score"]
+    with pytest.raises(InputError, match="no column 'body'"):
+        run(cfg(tmp_path / "in.parquet", text_column="body"), tiny_model, tmp_path / "out3")
+    with pytest.raises(InputError, match="unknown column 'nope'"):
+        run(cfg(tmp_path / "in.parquet", filter="nope = 1", output_prefix="pred_"), tiny_model, tmp_path / "out4")
+
+
+def test_filejob_round_trips_through_pickle(tiny_model, tmp_path):
+    import pickle
+
+    make_lake(tmp_path / "lake", files=1, rows=3)
+    job = plan(cfg(tmp_path / "lake"), tmp_path / "out")[0]
+    assert isinstance(job, FileJob) and pickle.loads(pickle.dumps(job)) == job
+    assert job.rows == 3 and not job.committed and job.reason == "new"
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from bert_core.score.config import ScoreConfig
+    from bert_core.score.stage import run
+    lake, model, out = sys.argv[1:4]
+    cfg = ScoreConfig(input=lake, batch_size=8, sort_window=2, max_length=32, device="cpu")
+    run(cfg, model, out, on_progress=lambda done, total: time.sleep(0.15))  # slow enough to be killed mid-run
+""")
+
+
+def test_kill_during_run_then_rerun_is_exactly_once(tiny_model, tmp_path):
+    lake = tmp_path / "lake"
+    make_lake(lake, files=12, rows=24, seed=5)
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), str(lake), str(tiny_model), str(out)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any(not p.name.startswith(".") for p in out.glob("*.parquet")):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = [p for p in out.glob("*.parquet") if not p.name.startswith(".")]
+    assert 1 <= len(committed) < 12  # killed mid-run: some files done, others not
+    (out / ".part-011.parquet.tmp-0123456789ab").write_bytes(b"half a file")  # a stale temp, as a crash leaves
+    again = run(cfg(lake, sort_window=2), tiny_model, out)
+    assert again.metrics["files_skipped"] == len(committed) and again.metrics["files_scored"] == 12 - len(committed)
+    assert ".part-011.parquet.tmp-0123456789ab" in again.details["stale_temps_removed"]
+    assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]
+    run(cfg(lake, sort_window=2), tiny_model, ref)  # an uninterrupted run
+    got, want = read_out(out).sort_by("id"), read_out(ref).sort_by("id")
+    ids = got["id"].to_pylist()
+    assert ids == list(range(12 * 24)) and len(set(ids)) == len(ids)  # no duplicate, no missing key
+    assert got["label"].to_pylist() == want["label"].to_pylist()
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), atol=1e-6)
