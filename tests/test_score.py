@@ -116,6 +116,8 @@ def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path):
     lake = tmp_path / "lake"
     write(lake / "a.parquet", {"id": list(range(len(texts))), "text": texts})
     write(lake / "b.parquet", {"id": [100, 101, 102], "text": pa.array([1, None, 3], pa.int64())})
+    raw = pa.array([b"good film", b"\xff\xfe not utf-8", None], pa.binary()).view(pa.string())  # a broken writer
+    write(lake / "c.parquet", pa.table({"id": [200, 201, 202], "text": raw}))
     result = run(cfg(lake, max_length=16), tiny_model, tmp_path / "out")
     out = read_out(tmp_path / "out").sort_by("id")
     a = out.filter(pc.less(out["id"], 100)).to_pylist()
@@ -129,12 +131,14 @@ def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path):
             assert row["label"] in LABELS.values() and 0 < row["score"] <= 1
             long = len(text.split()) > 14 or text is huge
             assert row["error"] == ("truncated" if long else None)
-    b = out.filter(pc.greater_equal(out["id"], 100)).to_pylist()
+    b = out.filter(pc.and_(pc.greater_equal(out["id"], 100), pc.less(out["id"], 200))).to_pylist()
     assert [r["error"] for r in b] == ["not_text:int64"] * 3 and all(r["label"] is None for r in b)
+    c = out.filter(pc.greater_equal(out["id"], 200)).to_pylist()
+    assert [r["error"] for r in c] == [None, "invalid_utf8", "null_text"] and c[0]["label"] is not None
     m = result.metrics
-    assert m["rows_in"] == len(texts) + 3 == m["rows_scored"] + m["rows_error"]
+    assert m["rows_in"] == len(texts) + 6 == m["rows_scored"] + m["rows_error"]
     truncated = sum(1 for t in texts if t is not None and t.strip() and (t is huge or len(t.split()) > 14))
-    assert m["rows_error"] == 3 * 7 + 1 + 3 and m["rows_truncated"] == truncated >= 14
+    assert m["rows_error"] == 3 * 7 + 1 + 3 + 2 and m["rows_truncated"] == truncated >= 14
 
     # The cast policy scores numbers as text instead.
     cast = run(cfg(lake / "b.parquet", non_string_text="cast"), tiny_model, tmp_path / "out-cast")

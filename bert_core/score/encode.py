@@ -1,13 +1,18 @@
 """Turn a window of rows into length-sorted, dynamically padded batches, and flag bad rows.
 
-Bad rows never stop a file. A row whose text is null, empty or whitespace-only (or
-whose pair text is, in pair mode) is not scored: it gets a null prediction and an
-``error`` code. A text column that is not a string (an int column named as text)
-gives every row ``not_text:<type>`` by default; ``non_string_text="cast"`` casts
-numbers and booleans to text and scores them. Text longer than ``max_length``
-tokens is truncated, scored, and flagged ``truncated``; very long strings are cut to
-``max_length * 64`` characters before tokenizing so one 100 MB cell costs no more
-than a normal row.
+Bad rows never stop a file. Error codes (the output's ``error`` column):
+
+- ``null_text`` / ``empty_text`` (empty or whitespace-only), and ``null_text_pair`` /
+  ``empty_text_pair`` for the second segment in pair mode: not scored;
+- ``not_text:<type>``: the text column is not a string (an int column named as text),
+  not scored; ``non_string_text="cast"`` instead casts numbers and booleans to text
+  and scores them (we default to the error: a silent cast would score ids as prose);
+- ``invalid_utf8``: a string cell whose bytes are not UTF-8 (a broken writer), not scored;
+- ``truncated``: longer than ``max_length`` tokens, cut and **scored**. Very long
+  strings are cut to ``max_length * 64`` characters before tokenizing, so one 100 MB
+  cell costs no more than a normal row.
+
+Unscored rows get null predictions.
 
 Sorting by token length inside a window (``batch_size * sort_window`` rows) makes
 each batch nearly uniform in length, so padding (to the batch's longest row, not to
@@ -28,6 +33,7 @@ ERR_NULL = "null_text"
 ERR_EMPTY = "empty_text"
 ERR_NULL_PAIR = "null_text_pair"
 ERR_EMPTY_PAIR = "empty_text_pair"
+ERR_INVALID_UTF8 = "invalid_utf8"
 FLAG_TRUNCATED = "truncated"
 
 
@@ -58,6 +64,11 @@ def extract_texts(col: pa.Array | pa.ChunkedArray, max_chars: int, policy: str,
             return Texts([None] * n, [code] * n, np.zeros(n, dtype=bool))
     if n == 0:
         return Texts([], [], np.zeros(0, dtype=bool))
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = col.cast(pa.large_string())  # string_view: the compute kernels below take (large_)string
+    bad_utf8 = _invalid_utf8(col)
+    if bad_utf8 is not None:  # a file that holds non-UTF-8 bytes in a string column: flag those rows
+        col = pc.if_else(pa.array(bad_utf8), pa.scalar(None, col.type), col)
     is_null = col.is_null().to_numpy(zero_copy_only=False)
     blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0).fill_null(False).to_numpy(zero_copy_only=False)
     long = pc.greater(pc.utf8_length(col), max_chars).fill_null(False).to_numpy(zero_copy_only=False)
@@ -68,7 +79,28 @@ def extract_texts(col: pa.Array | pa.ChunkedArray, max_chars: int, policy: str,
     for i in np.flatnonzero(is_null | blank):
         errors[i] = null_code if is_null[i] else empty_code
         values[i] = None
+    if bad_utf8 is not None:
+        for i in np.flatnonzero(bad_utf8):
+            errors[i] = ERR_INVALID_UTF8
     return Texts(values, errors, long)
+
+
+def _invalid_utf8(col: pa.Array) -> np.ndarray | None:
+    """Rows whose bytes are not valid UTF-8 (None when all are valid: the usual, cheap case)."""
+    try:
+        col.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        pass
+    raw = col.view(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary()).to_pylist()
+    bad = np.zeros(len(raw), dtype=bool)
+    for i, value in enumerate(raw):
+        if value is not None:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                bad[i] = True
+    return bad
 
 
 def _is_text(dtype: pa.DataType) -> bool:

@@ -288,7 +288,11 @@ def write_run_manifest(cfg: ScoreConfig, out_dir: str | Path, jobs: list[FileJob
 
 
 def output_dataset(out_dir: str | Path):
-    """The scored output as a ``pyarrow.dataset`` (hive partitions as columns; manifest and hidden files skipped)."""
+    """The scored output as a ``pyarrow.dataset`` (hive partitions as columns; manifest and hidden files skipped).
+
+    ``pq.read_table(out_dir)`` fails on the stage's ``manifest.json``; read with this,
+    or glob ``**/*.parquet`` (DuckDB: ``read_parquet('out/**/*.parquet', hive_partitioning=true)``).
+    """
     import pyarrow.dataset as ds
 
     root = Path(out_dir)
