@@ -41,6 +41,8 @@ def code_version(stage: str) -> str:
 
 def fingerprint(value: str) -> str:
     """Content fingerprint of a path, directory, glob, or (for URIs) the string itself."""
+    if not value:
+        return "none"
     p = Path(value)
     if p.is_dir():
         side = p / SIDECAR
@@ -66,6 +68,7 @@ def stage_key(stage: str, cfg: Any, inputs: dict[str, Any]) -> str:
     fp = {}
     for name, value in sorted(inputs.items()):
         values = value if isinstance(value, (list, tuple)) else [value]
+        values = [v for v in values if v not in (None, "")]
         fp[name] = [fingerprint(str(v)) for v in values]
     body = {"stage": stage, "config": to_dict(cfg), "inputs": fp, "code": code_version(stage)}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()

@@ -129,7 +129,7 @@ def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out
         cfg,
         lambda m, p: run(cfg, base_model_dir, out_dir, on_metrics=m, on_progress=p),
         out_dir,
-        inputs={"base_model": base_model_dir, "train": cfg.train_path, "valid": cfg.valid_path or ""},
+        inputs={"base_model": base_model_dir, "train": cfg.train_path, "valid": cfg.valid_path},
     )
     if summary["reused"] and summary.get("registry"):
         return summary  # this exact model is already registered

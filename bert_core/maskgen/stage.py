@@ -5,8 +5,8 @@ Two passes, both spread over a process pool and independent of its size:
 1. per work unit (whole documents of one corpus shard, ~``unit_mb`` of text): tokenize,
    build rows (``full`` or ``nsp``), mask (static), shuffle, and write one uncompressed
    Arrow part per dupe (:mod:`bert_core.maskgen.worker`);
-2. per output shard: gather a random share of every part and shuffle it
-   (:mod:`bert_core.maskgen.shards`) - a global shuffle in bounded memory.
+2. per output shard: take a random share of every part and interleave the shares at
+   random (:mod:`bert_core.maskgen.shards`) - a global shuffle in bounded memory.
 
 Memory is bounded by the unit and shard sizes, never by the corpus or ``dupe_factor``.
 The output directory appears atomically with its manifest (format: ``schema.py``).
