@@ -297,7 +297,8 @@ def test_full_gutenberg_ingest_peak_rss_under_1gb(tmp_path):
         "from bert_core.ingest.stage import run\n"
         "if __name__ == '__main__':\n"
         f"    r = run(IngestConfig(inputs=({str(SHARED / 'gutenberg' / '*.txt.gz')!r},), workers=2), {str(tmp_path / 'c')!r})\n"
-        "    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would count the forking pytest's RSS
+        "    me = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
         "    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
         "    print(json.dumps({'rss_mb': me / 1024, 'worker_rss_mb': kids / 1024, 'docs': r.metrics['docs_out']}))\n"
     )
