@@ -63,13 +63,19 @@ def _digest_files(files) -> str:
     return h.hexdigest()
 
 
-def stage_key(stage: str, cfg: Any, inputs: dict[str, Any]) -> str:
-    """The reuse key of a stage run."""
+def input_fingerprints(inputs: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """``{name: [(value, fingerprint), ...]}`` for every set input (a name may hold a list)."""
     fp = {}
     for name, value in sorted(inputs.items()):
         values = value if isinstance(value, (list, tuple)) else [value]
-        values = [v for v in values if v not in (None, "")]
-        fp[name] = [fingerprint(str(v)) for v in values]
+        fp[name] = [(str(v), fingerprint(str(v))) for v in values if v not in (None, "")]
+    return fp
+
+
+def stage_key(stage: str, cfg: Any, inputs: dict[str, Any], fingerprints: dict | None = None) -> str:
+    """The reuse key of a stage run (pass ``fingerprints`` from :func:`input_fingerprints` to avoid rehashing)."""
+    fps = fingerprints if fingerprints is not None else input_fingerprints(inputs)
+    fp = {name: [f for _, f in pairs] for name, pairs in fps.items()}
     body = {"stage": stage, "config": to_dict(cfg), "inputs": fp, "code": code_version(stage)}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 

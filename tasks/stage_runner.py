@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (create_link_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from bert_core.configtools import to_dict
 from bert_core.stageio import MANIFEST, StageResult
-from tasks import reuse, tracking
+from tasks import lineage, reuse, tracking
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def run_stage(
     """
     logger = get_run_logger()
     uri = ctx.tracking_uri
-    key = reuse.stage_key(stage, cfg, inputs or {})
+    fingerprints = reuse.input_fingerprints(inputs or {})
+    key = reuse.stage_key(stage, cfg, inputs or {}, fingerprints)
     cached = reuse.load(out_dir, key)
     run_id = tracking.start_run(
         uri,
@@ -94,6 +96,8 @@ def run_stage(
     tracking.log_params(uri, run_id, to_dict(cfg))
     if inputs:
         tracking.set_tags(uri, run_id, {f"bertflow.input.{k}": str(v) for k, v in inputs.items()})
+    lineage.log_datasets(uri, run_id, fingerprints, output=(out_dir, f"stage:{key}"))
+    _link_artifact(stage, tracking.run_url(uri, ctx.experiment_id, run_id))
     if cached is not None:
         with tracking.run_scope(uri, run_id):
             tracking.log_metrics(uri, run_id, {**cached["metrics"], "stage_seconds": 0.0})
@@ -113,6 +117,7 @@ def run_stage(
         if manifest.is_file():
             tracking.log_artifact(uri, run_id, manifest)
         tracking.set_tags(uri, run_id, {"bertflow.output": result.path})
+    _table_artifacts(stage, result.details)
     logger.info("%s finished in %.1fs -> %s", stage, seconds, result.path)
     summary = {
         "stage": stage,
@@ -126,6 +131,30 @@ def run_stage(
     }
     reuse.save(out_dir, key, summary)
     return summary
+
+
+def _link_artifact(stage: str, url: str) -> None:
+    """The stage's MLflow run as a Prefect link artifact (the MLflow run carries the flow-run id back)."""
+    try:
+        create_link_artifact(url, link_text=f"MLflow run: {stage}", key=f"mlflow-{stage}")
+    except Exception:  # artifacts are a convenience; never fail a stage for one
+        pass
+
+
+def _table_artifacts(stage: str, details: dict[str, Any]) -> None:
+    """Per-file counts (scoring) and per-class metrics (evaluation) as Prefect table artifacts."""
+    tables = {}
+    if isinstance(details.get("files"), list) and details["files"]:
+        keys = ("input", "status", "rows_in", "rows_out", "rows_scored", "rows_error", "seconds")
+        tables["files"] = [{k: row.get(k) for k in keys} for row in details["files"]]
+    if isinstance(details.get("per_class"), dict) and details["per_class"]:
+        tables["per-class"] = [{"class": c, **(m if isinstance(m, dict) else {"value": m})}
+                               for c, m in details["per_class"].items()]
+    for name, rows in tables.items():
+        try:
+            create_table_artifact(rows, key=f"{stage}-{name}", description=f"{stage}: {name}")
+        except Exception:
+            pass
 
 
 def _jsonable(value: Any) -> Any:

@@ -89,3 +89,18 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, repo_root):
     assert seconds < 60
     assert again["parent_run_id"] != first["parent_run_id"]
     assert not changed["stages"]["score"]["reused"]  # a config change recomputes that stage
+
+
+def test_lineage_datasets_chain_stage_outputs_to_the_next_inputs(tiny_run):
+    ws, summary = tiny_run
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+
+    def datasets(stage):
+        run = client.get_run(summary["stages"][stage]["run_id"])
+        return {(d.dataset.name.split(":")[0], d.tags[0].value): d.dataset.digest for d in run.inputs.dataset_inputs}
+
+    ingest, vocab, mask = datasets("ingest"), datasets("vocab"), datasets("mask")
+    assert ("files", "input") in ingest
+    assert ingest[("output", "output")] == vocab[("corpus", "input")] == mask[("corpus", "input")]
+    assert vocab[("output", "output")] == mask[("tokenizer", "input")]
+    assert datasets("score")[("lake", "input")]
