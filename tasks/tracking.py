@@ -33,9 +33,29 @@ def tracking_uri_for(workspace: str | Path) -> str:
     return f"sqlite:///{Path(workspace).resolve() / 'mlflow.db'}"
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message when a remote tracking server is down (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from bert_core.errors import InputError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise InputError(f"MLflow tracking server {uri} is not reachable ({problem}); start it or unset MLFLOW_TRACKING_URI")
+
+
 def configure(workspace: str | Path) -> str:
     """Point MLflow (tracking and registry) at the workspace store; returns the URI."""
     uri = tracking_uri_for(workspace)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

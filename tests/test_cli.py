@@ -94,3 +94,23 @@ def test_bad_inputs_fail_cleanly_and_keep_earlier_outputs(repo_root, tmp_path, a
 
     assert (ws / "corpus" / "manifest.json").read_text() == manifest  # the good corpus survived both failures
     assert list((ws / "corpus").glob("shard-*.parquet"))
+
+
+def test_tracking_server_down_fails_fast(repo_root, tmp_path, api_env):
+    from tests.servers import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    proc = bertflow(["ingest", "-c", "configs/tiny.yaml", "-w", str(tmp_path)], repo_root,
+                    {**api_env, "MLFLOW_TRACKING_URI": down}, timeout=120)
+    assert_clean_error(proc, f"MLflow tracking server {down} is not reachable")
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_flow_parameter_of_the_wrong_type_is_rejected(prefect_harness, tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.pipeline import pipeline
+
+    with pytest.raises(ParameterTypeError):
+        pipeline(config="configs/tiny.yaml", workspace=str(tmp_path), stages="ingest,vocab,oops")  # not a list
+    assert not (tmp_path / "mlflow.db").exists()
