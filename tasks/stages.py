@@ -22,10 +22,6 @@ from bert_core.vocab.config import VocabConfig
 from tasks import reuse
 from tasks.stage_runner import TrackingContext, run_stage
 
-_IO = dict(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=None)
-_TRAIN = dict(cache_policy=NO_CACHE, retries=0)
-
-
 def _retry_unless_user_error(task, task_run, state) -> bool:
     """Retry transient failures only: a BertflowError (bad input/config) fails at once."""
     from bert_core.errors import BertflowError
@@ -39,7 +35,8 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     return False
 
 
-_IO["retry_condition_fn"] = _retry_unless_user_error
+_IO = dict(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error)
+_TRAIN = dict(cache_policy=NO_CACHE, retries=0)
 
 
 @task(name="ingest", **_IO)

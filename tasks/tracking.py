@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -140,10 +139,6 @@ def log_artifact(tracking_uri: str, run_id: str, path: str | Path, artifact_path
     client(tracking_uri).log_artifact(run_id, str(path), artifact_path)
 
 
-def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    client(tracking_uri).log_text(run_id, text, artifact_file)
-
-
 def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     c = client(tracking_uri)
     for k, v in tags.items():
@@ -162,9 +157,3 @@ def _param_value(v: Any) -> str:
     s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
     return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
 
-
-def write_temp_json(data: Any, name: str) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="bertflow-"))
-    p = d / name
-    p.write_text(json.dumps(data, indent=2, default=str))
-    return p

@@ -70,3 +70,14 @@ def tiny_pipeline(prefect_harness, tmp_path_factory):
     finally:
         os.chdir(cwd)
     return ws, summary
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two cores shared with other tests: one intra-op thread avoids OpenMP spin contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,12 +36,8 @@ TINY = PretrainConfig(
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two cores shared with other tests: one intra-op thread avoids OpenMP spin contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test in this module runs with one intra-op thread."""
 
 
 @pytest.fixture(scope="module")
