@@ -18,7 +18,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	@if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.5,<2.15"; \
 	  else $(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"; fi; fi
-	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	@extras=test; if command -v nvidia-smi >/dev/null 2>&1; then extras=test,gpu; fi; \
+	  echo "$(BIN)/pip install -c constraints.txt -e .[$$extras]"; \
+	  $(BIN)/pip install -q -c constraints.txt -e ".[$$extras]"
 	@touch $@
 
 demo: install

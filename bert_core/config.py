@@ -1,9 +1,9 @@
 """The pipeline's whole configuration: one typed section per stage.
 
 Presets live in ``configs/*.yaml`` (sections ``ingest``, ``vocab``, ``mask``,
-``pretrain``, ``finetune``, ``score``); ``--set section.key=value`` overrides any
-key. Unknown keys and bad values raise :class:`~bert_core.errors.ConfigError`
-naming the key.
+``pretrain``, ``finetune``, ``score``, plus ``flow`` for orchestration);
+``--set section.key=value`` overrides any key. Unknown keys and bad values raise
+:class:`~bert_core.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from bert_core.configtools import apply_overrides, from_dict, load_yaml, to_dict
 from bert_core.finetune.config import FinetuneConfig
+from bert_core.flowconfig import FlowConfig
 from bert_core.ingest.config import IngestConfig
 from bert_core.maskgen.config import MaskConfig
 from bert_core.pretrain.config import PretrainConfig
@@ -32,6 +33,7 @@ class PipelineConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)  # retries, timeouts, continuation (not stage content)
 
     def as_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -3,17 +3,20 @@
 Tasks take configs and paths, return paths and counts (never data), and use
 ``cache_policy=NO_CACHE``: stage reuse is decided by content keys (see
 ``tasks.reuse``), not by Prefect hashing the inputs. Stages that touch files retry
-once; training stages do not (they resume from checkpoints instead).
+transient errors with backoff; training stages do not (they resume from
+checkpoints instead). The flow applies the configured backoff and timeouts with
+:func:`configured`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from bert_core.finetune.config import FinetuneConfig
+from bert_core.flowconfig import FlowConfig
 from bert_core.ingest.config import IngestConfig
 from bert_core.maskgen.config import MaskConfig
 from bert_core.pretrain.config import PretrainConfig
@@ -23,20 +26,38 @@ from tasks import reuse
 from tasks.stage_runner import TrackingContext, run_stage
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
-    """Retry transient failures only: a BertflowError (bad input/config) fails at once."""
+    """Retry transient failures only: bad input/config or a timeout fails at once (a retry would repeat it)."""
     from bert_core.errors import BertflowError
 
     try:
         state.result()
-    except BertflowError:
+    except (BertflowError, TimeoutError):
         return False
     except Exception:
         return True
     return False
 
 
-_IO = dict(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error)
+_IO = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_jitter_factor=0.2,
+           retry_condition_fn=_retry_unless_user_error)
 _TRAIN = dict(cache_policy=NO_CACHE, retries=0)
+DATA_STAGES = ("ingest", "vocab", "vocab-frozen", "mask", "score")
+
+
+def configured(stage_task: Task, flow_cfg: FlowConfig) -> Task:
+    """``stage_task`` with the run's retry backoff and timeout (``flow`` section of the config).
+
+    Data stages retry transient errors with backoff; training stages never retry (they
+    resume from checkpoints on the next run instead) but still get a wall-clock cap.
+    """
+    if stage_task.name in DATA_STAGES:
+        return stage_task.with_options(
+            retries=flow_cfg.retries,
+            retry_delay_seconds=flow_cfg.retry_delays() or 0,
+            retry_jitter_factor=flow_cfg.retry_jitter,
+            timeout_seconds=flow_cfg.data_stage_timeout_minutes * 60,
+        )
+    return stage_task.with_options(timeout_seconds=flow_cfg.train_stage_timeout_minutes * 60)
 
 
 @task(name="ingest", **_IO)
@@ -56,6 +77,15 @@ def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str)
     return run_stage(
         "vocab", ctx, cfg, lambda m, p: run(cfg, corpus_dir, out_dir, on_progress=p), out_dir, inputs={"corpus": corpus_dir}
     )
+
+
+@task(name="vocab-frozen", **_IO)
+def frozen_vocab(ctx: TrackingContext, base_model_dir: str, out_dir: str) -> dict[str, Any]:
+    """The base model's own tokenizer as the vocab stage's output (continuing pretraining keeps its ids)."""
+    from bert_core.vocab.frozen import run
+
+    return run_stage("vocab", ctx, {"frozen_from": base_model_dir}, lambda m, p: run(base_model_dir, out_dir),
+                     out_dir, inputs={"base_model": base_model_dir})
 
 
 @task(name="mask", **_IO)
@@ -130,7 +160,7 @@ def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out
     )
     if summary["reused"] and summary.get("registry"):
         return summary  # this exact model is already registered
-    summary["registry"] = register_finetuned(ctx, cfg, summary)
+    summary["registry"] = register_finetuned(ctx, cfg, summary, base_model_dir)
     reuse.save(out_dir, summary["stage_key"], summary)
     return summary
 
