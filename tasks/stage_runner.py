@@ -74,8 +74,8 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run ``body(on_metrics, on_progress)`` inside a nested MLflow run named ``stage``.
 
-    Logs the stage config as params, streamed metrics, the result's metrics and
-    manifest, and the stage's wall time. If ``out_dir`` already holds this stage's
+    Logs the stage config as params, streamed metrics, system metrics (CPU, memory,
+    GPU), the result's metrics and manifest, and the stage's wall time. If ``out_dir`` already holds this stage's
     output for the same config, input content and code (see ``tasks.reuse``), the
     stage is not recomputed: the run is tagged ``bertflow.reused`` and the stored
     summary returned. Returns a JSON-able summary.
@@ -110,7 +110,8 @@ def run_stage(
 
     t0 = time.perf_counter()
     with tracking.run_scope(uri, run_id):
-        result = body(on_metrics, ProgressReporter(stage))
+        with tracking.system_metrics(uri, run_id):
+            result = body(on_metrics, ProgressReporter(stage))
         seconds = time.perf_counter() - t0
         tracking.log_metrics(uri, run_id, {**result.metrics, "stage_seconds": seconds})
         manifest = Path(result.path) / MANIFEST
@@ -144,7 +145,7 @@ def _link_artifact(stage: str, url: str) -> None:
 def _table_artifacts(stage: str, details: dict[str, Any]) -> None:
     """Per-file counts (scoring) and per-class metrics (evaluation) as Prefect table artifacts."""
     tables = {}
-    if isinstance(details.get("files"), list) and details["files"]:
+    if isinstance(details.get("files"), list) and details["files"] and all(isinstance(r, dict) for r in details["files"]):
         keys = ("input", "status", "rows_in", "rows_out", "rows_scored", "rows_error", "seconds")
         tables["files"] = [{k: row.get(k) for k in keys} for row in details["files"]]
     if isinstance(details.get("per_class"), dict) and details["per_class"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -55,8 +56,17 @@ def configure(workspace: str | Path) -> str:
     """Point MLflow (tracking and registry) at the workspace store; returns the URI."""
     uri = tracking_uri_for(workspace)
     check_reachable(uri)
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow 3 also exports these URIs to the environment, which would point every later
+    # run in this process (a served deployment's next flow run, another workspace) at
+    # this workspace's store: put the user's environment back as it was.
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     return uri
 
 
@@ -104,6 +114,35 @@ def run_scope(tracking_uri: str, run_id: str) -> Iterator[str]:
         end_run(tracking_uri, run_id, failed=True)
         raise
     end_run(tracking_uri, run_id)
+
+
+@contextlib.contextmanager
+def system_metrics(tracking_uri: str, run_id: str, interval_s: float = 5.0) -> Iterator[None]:
+    """Sample CPU, memory, disk, network (and NVIDIA GPUs when ``nvidia-ml-py`` is installed) into ``run_id``.
+
+    MLflow's monitor logs ``system/*`` metrics every ``interval_s`` seconds (or
+    ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``) from a thread, but drops the samples of
+    the last, partial interval; they are published here so that short stages get numbers too.
+    """
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=tracking_uri)
+    except Exception as exc:  # e.g. psutil missing: tracking must not fail a stage
+        logging.getLogger(__name__).warning("system metrics off for run %s: %s", run_id, exc)
+        yield
+        return
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+        try:
+            if any(m.metrics for m in monitor.monitors):
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+        except Exception as exc:
+            logging.getLogger(__name__).warning("could not log the last system metrics of run %s: %s", run_id, exc)
 
 
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
