@@ -12,26 +12,34 @@ from prefect import serve
 from flows.pipeline import pipeline
 
 TIMEZONE = "Europe/London"
+# The same parameters as deployments/prefect.yaml (a test checks they agree).
+NIGHTLY_OVERRIDES = ["flow.continue_from_champion=true", "pretrain.budget_minutes=20"]
+SCORE_OVERRIDES = ["score.input=data/lake", "score.model_uri=models:/bertflow-tiny-books@champion"]
 
 
-def main() -> None:
+def build() -> list:
+    """The two nightly deployments, with the schedules and parameters of ``prefect.yaml``."""
     nightly = pipeline.to_deployment(
         name="nightly-pipeline",
         cron="0 2 * * *",
-        parameters={"config": "configs/tiny.yaml", "workspace": "workspace", "overrides": []},
+        parameters={"config": "configs/tiny.yaml", "workspace": "workspace", "overrides": NIGHTLY_OVERRIDES},
         tags=["bertflow", "nightly"],
     )
     score = pipeline.to_deployment(
         name="nightly-score",
         cron="30 4 * * *",
         parameters={"config": "configs/tiny.yaml", "workspace": "workspace", "stages": ["score"],
-                    "overrides": ["score.input=data/lake"]},
+                    "overrides": SCORE_OVERRIDES},
         tags=["bertflow", "nightly"],
     )
     for dep in (nightly, score):
         for sched in dep.schedules or []:
             sched.schedule.timezone = TIMEZONE
-    serve(nightly, score)
+    return [nightly, score]
+
+
+def main() -> None:
+    serve(*build())
 
 
 if __name__ == "__main__":

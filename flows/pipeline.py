@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ from prefect.context import get_run_context
 from bert_core.config import STAGES, PipelineConfig, load_config
 from bert_core.errors import InputError
 from flows.workspace import Workspace, resolve
+from tasks import champion, tracking
 from tasks import stages as stage_tasks
-from tasks import tracking
 from tasks.stage_runner import TrackingContext
 
 
@@ -60,13 +61,20 @@ def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str
               "bertflow.stages": ",".join(chosen), "bertflow.config_file": config_path or "(defaults)"},
     )
     ctx = TrackingContext(uri, exp_id, parent, str(ws.root), str(flow_run.id))
+    base = None
+    if cfg.flow.continue_from_champion and "pretrain" in chosen:
+        base, why = champion.find_base(uri, cfg.finetune.registered_model_name)
+        logger.info("continue_from_champion: %s", why if base else f"{why}; pretraining from scratch")
+        tracking.set_tags(uri, parent, {"bertflow.continued_from": f"{base.name} v{base.version}" if base else "none"})
+        if base is not None:
+            cfg = replace(cfg, pretrain=replace(cfg.pretrain, init_from=base.path))
     tracking.log_params(uri, parent, cfg.as_dict())
     tracking.log_dict(uri, parent, cfg.as_dict(), "config.yaml")
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     with tracking.run_scope(uri, parent):
         for stage in chosen:
-            results[stage] = _run_one(stage, cfg, ws, ctx)
+            results[stage] = _run_one(stage, cfg, ws, ctx, base)
         tracking.log_metrics(uri, parent, {"pipeline_seconds": time.perf_counter() - t0})
     summary = {
         "workspace": str(ws.root),
@@ -83,27 +91,35 @@ def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str
     return summary
 
 
-def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContext) -> dict[str, Any]:
+def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContext,
+             base: champion.ChampionBase | None) -> dict[str, Any]:
+    """Run one stage task with the configured retries and timeout; ``base``: continuing from the champion."""
+    def task(t):
+        return stage_tasks.configured(t, cfg.flow)
+
     if stage == "ingest":
-        return stage_tasks.ingest(ctx, cfg.ingest, str(ws.corpus))
+        return task(stage_tasks.ingest)(ctx, cfg.ingest, str(ws.corpus))
     if stage == "vocab":
-        return stage_tasks.vocab(ctx, cfg.vocab, _need(ws.corpus, "ingest"), str(ws.tokenizer))
+        if base is not None:  # continuing pretraining keeps the base model's token ids
+            return task(stage_tasks.frozen_vocab)(ctx, base.path, str(ws.tokenizer))
+        return task(stage_tasks.vocab)(ctx, cfg.vocab, _need(ws.corpus, "ingest"), str(ws.tokenizer))
     if stage == "mask":
-        return stage_tasks.mask(ctx, cfg.mask, _need(ws.corpus, "ingest"), _need(ws.tokenizer, "vocab"), str(ws.masked))
+        return task(stage_tasks.mask)(
+            ctx, cfg.mask, _need(ws.corpus, "ingest"), _need(ws.tokenizer, "vocab"), str(ws.masked))
     if stage == "pretrain":
-        return stage_tasks.pretrain(
+        return task(stage_tasks.pretrain)(
             ctx, cfg.pretrain, _need(ws.masked, "mask"), _need(ws.tokenizer, "vocab"), str(ws.pretrain)
         )
     if stage == "finetune":
-        base = cfg.finetune.base_model or _need(ws.pretrain / "export", "pretrain")
-        return stage_tasks.finetune(ctx, cfg.finetune, base, str(ws.finetune))
+        model_dir = cfg.finetune.base_model or _need(ws.pretrain / "export", "pretrain")
+        return task(stage_tasks.finetune)(ctx, cfg.finetune, model_dir, str(ws.finetune))
     if stage == "score":
         model = cfg.score.model_uri or _need(ws.finetune / "model", "finetune")
         if cfg.score.runner == "ray":
             from flows.score import run_score_stage
 
             return run_score_stage(ctx, cfg.score, model, str(ws.scores))
-        return stage_tasks.score(ctx, cfg.score, model, str(ws.scores))
+        return task(stage_tasks.score)(ctx, cfg.score, model, str(ws.scores))
     raise AssertionError(stage)
 
 

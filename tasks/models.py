@@ -6,12 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from bert_core.finetune.config import FinetuneConfig
-from tasks import registry
+from tasks import champion, registry
 from tasks.stage_runner import TrackingContext
 
 
-def register_finetuned(ctx: TrackingContext, cfg: FinetuneConfig, summary: dict[str, Any]) -> dict[str, Any]:
-    """Log the fine-tuned HF dir as an MLflow model, register it as `candidate`, promote if better."""
+def register_finetuned(
+    ctx: TrackingContext, cfg: FinetuneConfig, summary: dict[str, Any], base_model_dir: str
+) -> dict[str, Any]:
+    """Log the fine-tuned HF dir as an MLflow model, register it as `candidate`, promote if better.
+
+    A promoted version also gets a snapshot of the pretrained base it was fine-tuned
+    from, so a later run can continue pretraining from the champion (``tasks.champion``).
+    """
     details = summary["details"]
     metrics = summary["metrics"]
     c = registry.mlflow_client(ctx.tracking_uri)
@@ -25,6 +31,9 @@ def register_finetuned(ctx: TrackingContext, cfg: FinetuneConfig, summary: dict[
         eval_digest=str(details.get("eval_set_digest", "")),
         client=c,
     )
+    if decision["promoted"]:
+        decision["pretrain_base"] = champion.snapshot_base(
+            ctx.tracking_uri, cfg.registered_model_name, str(version), base_model_dir, ctx.workspace)
     return {"model_uri": model_uri, "name": cfg.registered_model_name, "version": str(version), **decision}
 
 

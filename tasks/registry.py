@@ -190,7 +190,7 @@ def promote(
     client.set_model_version_tag(name, version, metric_name, repr(cand))
     client.set_model_version_tag(name, version, DIGEST_TAG, eval_digest)
 
-    champion = _version_by_alias(client, name, alias)
+    champion = version_by_alias(client, name, alias)
     champ_score = champ_version = None
     if champion is None:
         promoted, reason = True, f"no {alias} yet"
@@ -326,7 +326,8 @@ def _logged_model_id(model_uri: str) -> str | None:
     return rest if rest and "/" not in rest and "@" not in rest else None
 
 
-def _version_by_alias(client: MlflowClient, name: str, alias: str):
+def version_by_alias(client: MlflowClient, name: str, alias: str):
+    """The model version ``alias`` points at, or None when the model or the alias does not exist."""
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
@@ -360,7 +361,7 @@ def _pin_alias(client: MlflowClient, uri: str) -> str:
     m = re.match(r"^models:/([^/@]+)@([^/]+)$", uri)
     if not m:
         return uri
-    mv = _version_by_alias(client, m.group(1), m.group(2))
+    mv = version_by_alias(client, m.group(1), m.group(2))
     if mv is None:
         raise InputError(f"model {uri}: registered model {m.group(1)!r} has no alias {m.group(2)!r}")
     return f"models:/{m.group(1)}/{int(mv.version)}"

@@ -78,3 +78,24 @@ def test_deploy_trigger_and_work_the_nightly_pipeline(prefect_server, tiny_pipel
     children = client.search_runs([first["experiment_id"]],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
     assert len(children) == 6
+
+
+def test_serve_py_matches_prefect_yaml():
+    """Single-box users (serve.py) get the same schedules and parameters as work-pool users (prefect.yaml)."""
+    import yaml
+
+    from deployments.serve import build
+
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    served = {d.name: d for d in build()}
+    assert set(served) == set(by_name)
+    for name, dep in served.items():
+        want = by_name[name]
+        assert dep.parameters == want["parameters"], name
+        (sched,) = dep.schedules
+        assert sched.schedule.cron == want["schedules"][0]["cron"]
+        assert sched.schedule.timezone == want["schedules"][0]["timezone"]
+    assert "flow.continue_from_champion=true" in by_name["nightly-pipeline"]["parameters"]["overrides"]
+    assert any(o.startswith("score.model_uri=models:/") and o.endswith("@champion")
+               for o in by_name["nightly-score"]["parameters"]["overrides"])
