@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task, unmapped
-from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from bert_core.errors import BertflowError
 from bert_core.score.config import ScoreConfig
 from bert_core.stageio import StageResult
 from tasks.stage_runner import TrackingContext, run_stage
+from tasks.stages import IO_OPTIONS
 
 
-@task(name="score-file", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+@task(name="score-file", **IO_OPTIONS)  # transient errors retry with backoff; a bad file is a result
 def score_file_task(cfg: ScoreConfig, job: Any, model_dir: str, model_uri: str) -> dict[str, Any]:
     """Score one input file into its output file (idempotent: a committed file returns at once)."""
     from bert_core.score.stage import score_file

@@ -38,7 +38,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
     return False
 
 
-_IO = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_jitter_factor=0.2,
+IO_OPTIONS = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_jitter_factor=0.2,
            retry_condition_fn=_retry_unless_user_error)
 _TRAIN = dict(cache_policy=NO_CACHE, retries=0)
 DATA_STAGES = ("ingest", "vocab", "vocab-frozen", "mask", "score")
@@ -60,7 +60,7 @@ def configured(stage_task: Task, flow_cfg: FlowConfig) -> Task:
     return stage_task.with_options(timeout_seconds=flow_cfg.train_stage_timeout_minutes * 60)
 
 
-@task(name="ingest", **_IO)
+@task(name="ingest", **IO_OPTIONS)
 def ingest(ctx: TrackingContext, cfg: IngestConfig, out_dir: str) -> dict[str, Any]:
     """Raw files -> clean, deduplicated, sharded Parquet corpus."""
     from bert_core.ingest.stage import run
@@ -69,7 +69,7 @@ def ingest(ctx: TrackingContext, cfg: IngestConfig, out_dir: str) -> dict[str, A
                      inputs={"files": list(cfg.inputs)})
 
 
-@task(name="vocab", **_IO)
+@task(name="vocab", **IO_OPTIONS)
 def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str) -> dict[str, Any]:
     """Corpus -> WordPiece tokenizer directory."""
     from bert_core.vocab.stage import run
@@ -79,7 +79,7 @@ def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str)
     )
 
 
-@task(name="vocab-frozen", **_IO)
+@task(name="vocab-frozen", **IO_OPTIONS)
 def frozen_vocab(ctx: TrackingContext, base_model_dir: str, out_dir: str) -> dict[str, Any]:
     """The base model's own tokenizer as the vocab stage's output (continuing pretraining keeps its ids)."""
     from bert_core.vocab.frozen import run
@@ -88,7 +88,7 @@ def frozen_vocab(ctx: TrackingContext, base_model_dir: str, out_dir: str) -> dic
                      out_dir, inputs={"base_model": base_model_dir})
 
 
-@task(name="mask", **_IO)
+@task(name="mask", **IO_OPTIONS)
 def mask(ctx: TrackingContext, cfg: MaskConfig, corpus_dir: str, tokenizer_dir: str, out_dir: str) -> dict[str, Any]:
     """Corpus + tokenizer -> masked-data Parquet shards."""
     from bert_core.maskgen.stage import run
@@ -165,7 +165,7 @@ def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out
     return summary
 
 
-@task(name="score", **_IO)
+@task(name="score", **IO_OPTIONS)
 def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> dict[str, Any]:
     """Parquet lake + model (MLflow URI or local HF dir) -> scored Parquet lake."""
     from bert_core.score.stage import run
