@@ -379,9 +379,11 @@ def _hf_dir_in(model_dir: Path) -> Path:
     spec = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8")) or {}
     artifacts = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts", {}) or {}
     rel = (artifacts.get(HF_ARTIFACT) or {}).get("path")
-    candidates = [model_dir / rel] if rel else []
+    candidates = [model_dir / rel] if isinstance(rel, str) and rel else []
     candidates.append(model_dir / "artifacts" / HF_ARTIFACT)
+    root = model_dir.resolve()
     for c in candidates:
-        if (c / "config.json").is_file():
+        inside = root in c.resolve().parents  # MLmodel comes with the download: it may not point outside it
+        if inside and (c / "config.json").is_file():
             return c
     raise InputError(f"MLflow model at {model_dir} holds no {HF_ARTIFACT!r} Hugging Face directory")

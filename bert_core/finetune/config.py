@@ -18,6 +18,7 @@ class FinetuneConfig:
     label_column: str = "label"  # token task: a list<string> of tags, or one string split on whitespace
     conll_tag_field: int = -1  # CoNLL files: which whitespace-separated field holds the tag (-1: the last)
     base_model: str | None = None  # local HF BERT dir; None: the pipeline's pretrained checkpoint
+    allow_pickle_weights: bool = False  # also load a pickle checkpoint (pytorch_model.bin); only for files you trust
     max_length: int = 128
     epochs: int = 3
     batch_size: int = 32

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from bert_core.errors import ConfigError, InputError
+from bert_core.safeload import hf_model_kwargs, require_safe_weights
 
 
 def check_model_dir(path: str | Path, what: str = "base model") -> Path:
@@ -89,36 +90,39 @@ def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
+        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise InputError(
             f"cannot load a tokenizer from {model_dir} (it needs vocab.txt or tokenizer.json): {exc}"
         ) from None
 
 
-def build_model(model_dir: str | Path, task: str, label_names: Sequence[str]):
+def build_model(model_dir: str | Path, task: str, label_names: Sequence[str], allow_pickle_weights: bool = False):
     """The base encoder with a new, randomly initialised head for ``label_names``."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    require_safe_weights(model_dir, allow_pickle_weights, "--set finetune.allow_pickle_weights=true")
     auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
     id2label = {i: n for i, n in enumerate(label_names)}
     label2id = {n: i for i, n in enumerate(label_names)}
     with quiet_transformers():
         try:
             return auto.from_pretrained(
-                str(model_dir), num_labels=len(label_names), id2label=id2label, label2id=label2id
+                str(model_dir), num_labels=len(label_names), id2label=id2label, label2id=label2id,
+                **hf_model_kwargs(allow_pickle_weights),
             )
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot load a BERT model from {model_dir}: {exc}") from None
 
 
-def load_finetuned(model_dir: str | Path, task: str):
+def load_finetuned(model_dir: str | Path, task: str, allow_pickle_weights: bool = False):
     """An exported fine-tuned model, through the Auto classes as any Hugging Face user would."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    require_safe_weights(model_dir, allow_pickle_weights, "allow_pickle_weights=True")
     auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
     try:
         with quiet_transformers():
-            return auto.from_pretrained(str(model_dir))
+            return auto.from_pretrained(str(model_dir), **hf_model_kwargs(allow_pickle_weights))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load a fine-tuned model from {model_dir}: {exc}") from None

@@ -36,6 +36,7 @@ class Predictor:
         batch_size: int = 64,
         max_length: int | None = None,
         bf16: bool = False,
+        allow_pickle_weights: bool = False,  # also load a pickle checkpoint (pytorch_model.bin): trusted files only
     ) -> None:
         self.model_dir = check_model_dir(model_dir, "fine-tuned model")
         meta = read_meta(self.model_dir)
@@ -45,7 +46,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.amp_dtype = autocast_dtype(self.device, bf16)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = load_finetuned(self.model_dir, self.task).to(self.device).eval()
+        self.model = load_finetuned(self.model_dir, self.task, allow_pickle_weights).to(self.device).eval()
         id2label = self.model.config.id2label
         self.label_names = [str(id2label[i]) for i in range(self.model.config.num_labels)]
         self._missing_id = self.label_names.index("O") if "O" in self.label_names else 0

@@ -37,6 +37,7 @@ from bert_core.finetune.model import (
 )
 from bert_core.finetune.plots import save_confusion_png
 from bert_core.finetune.train import train
+from bert_core.safeload import require_safe_weights
 from bert_core.stageio import MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, files_digest, write_manifest
 
 STAGE = "finetune"
@@ -52,6 +53,7 @@ def run(
     """Fine-tune ``base_model_dir`` (or ``cfg.base_model``) on ``cfg.train_path`` and write ``out_dir``."""
     t0 = time.monotonic()
     base = check_model_dir(cfg.base_model or base_model_dir)
+    require_safe_weights(base, cfg.allow_pickle_weights, "--set finetune.allow_pickle_weights=true")
     out_dir = Path(out_dir)
     data = load_data(cfg)  # every input error surfaces here, before any model is loaded
     names = data.label_names
@@ -65,7 +67,7 @@ def run(
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         missing_id = names.index("O") if "O" in names else 0
         train_enc, valid_enc = _encode(cfg, tokenizer, data, max_length, str(base))
-        model = build_model(base, cfg.task, names).to(device)
+        model = build_model(base, cfg.task, names, cfg.allow_pickle_weights).to(device)
 
         def evaluate_with(m, dtype) -> Evaluation:
             outputs = infer(m, valid_enc, cfg.eval_batch_size, device, dtype, pad_id, missing_id)

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,11 @@ def save_checkpoint(
         for f in tmp.iterdir():
             _fsync(f)
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # hide it first (one atomic rename): a kill -9 half-way through rmtree would otherwise leave a
+        # step-* dir that lists as a checkpoint but lacks files; clean_partial removes hidden ones
+        hidden = old.parent / f".{old.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(old, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
     return final
 
 
@@ -136,9 +141,15 @@ def load_safetensors(path: Path, hint: str = "") -> dict[str, torch.Tensor]:
 
 
 def load_torch(path: Path, hint: str = "") -> Any:
+    """A torch pickle of tensors, numbers and plain containers; anything else is refused, never run."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # EOFError, RuntimeError (zip), UnpicklingError
+        text = str(exc)
+        if "WeightsUnpickler error: Unsupported" in text:  # a pickled Python object: running it could run any code
+            detail = text.split("WeightsUnpickler error: ", 1)[1].split(". ", 1)[0]
+            raise InputError(f"file {path} holds pickled Python objects, not only tensors ({detail}); refused, "
+                             f"since loading them could run arbitrary code{'; ' + hint if hint else ''}") from None
         raise InputError(f"file {path} is truncated or corrupt ({exc}){'; ' + hint if hint else ''}") from None
 
 

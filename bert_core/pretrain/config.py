@@ -18,7 +18,7 @@ from bert_core.configtools import check
 RUNTIME_KEYS = frozenset(
     {
         "device", "compile", "compile_mode", "num_workers", "prefetch_factor", "log_every",
-        "checkpoint_every", "keep_checkpoints", "peak_tflops", "varlen_attention",
+        "checkpoint_every", "keep_checkpoints", "peak_tflops", "varlen_attention", "allow_pickle_weights",
     }
 )
 
@@ -71,6 +71,7 @@ class PretrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept in out_dir/checkpoints (older ones deleted)
     peak_tflops: float | None = None  # accelerator peak for MFU; None: known GPUs (H100/H200/A100) or no MFU
     init_from: str | None = None  # a bertflow export or HF BERT directory to continue from
+    allow_pickle_weights: bool = False  # init_from may hold a pickle checkpoint (pytorch_model.bin): trusted files only
 
     def __post_init__(self) -> None:
         check(self.hidden_size % self.num_heads == 0, "pretrain.hidden_size must be divisible by pretrain.num_heads")

@@ -159,8 +159,14 @@ def model_config_from_hf(config: dict[str, Any], where: Path) -> dict[str, Any]:
         raise InputError(f"{where}: config.json lacks {exc.args[0]!r}") from None
 
 
-def read_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``config.json`` and our-named weights of an HF BERT dir or a bertflow export."""
+def read_hf_dir(
+    path: str | Path, allow_pickle_weights: bool = False
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``config.json`` and our-named weights of an HF BERT dir or a bertflow export.
+
+    Weights come from safetensors; a ``pytorch_model.bin`` is read (with ``weights_only=True``)
+    only when ``allow_pickle_weights`` is set, else it is an InputError naming the file.
+    """
     path = Path(path)
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
@@ -170,15 +176,17 @@ def read_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{cfg_path} is unreadable: {exc}") from None
     shape = model_config_from_hf(config, cfg_path)
-    state = _read_weights(path)
+    state = _read_weights(path, allow_pickle_weights)
     if shape["pre_ln"]:
         return shape, state  # a bertflow pre-LN export is stored with our own names
     return shape, from_hf_state_dict(state)
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, allow_pickle_weights: bool) -> dict[str, torch.Tensor]:
     from bert_core.pretrain.checkpoint import load_safetensors, load_torch
+    from bert_core.safeload import require_safe_weights
 
+    require_safe_weights(path, allow_pickle_weights, "--set pretrain.allow_pickle_weights=true")
     single = path / "model.safetensors"
     if single.is_file():
         return load_safetensors(single)
@@ -190,6 +198,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             raise InputError(f"{index} is unreadable: {exc}") from None
         state: dict[str, torch.Tensor] = {}
         for name in files:
+            if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+                raise InputError(f"{index} names shard {name!r}: shards must be plain file names in {path}")
             state.update(load_safetensors(path / name))
         return state
     binary = path / "pytorch_model.bin"

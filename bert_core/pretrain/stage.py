@@ -30,7 +30,8 @@ from bert_core.pretrain import checkpoint as ckpt
 from bert_core.pretrain import distributed
 from bert_core.pretrain.config import RUNTIME_KEYS, PretrainConfig
 from bert_core.pretrain.inputs import DataInfo, check_tokenizer, read_data_info
-from bert_core.stageio import MANIFEST, MetricsFn, ProgressFn, StageResult, file_digest, write_manifest
+from bert_core.stageio import (MANIFEST, MetricsFn, ProgressFn, StageResult, atomic_write_bytes, file_digest,
+                               write_manifest)
 
 RUN_RECORD = "run.json"
 EXPORT = "export"
@@ -63,7 +64,7 @@ def _run(cfg, data_dir, tokenizer_dir, out, dist, device, on_metrics, on_progres
 
     data = read_data_info(data_dir)
     check_tokenizer(tokenizer_dir, data)
-    init_shape, init_state, init_digest = _read_init(cfg.init_from)
+    init_shape, init_state, init_digest = _read_init(cfg.init_from, cfg.allow_pickle_weights)
     model_cfg = build_model_config(cfg, data, init_shape)
     record = {
         "config": {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS},
@@ -77,7 +78,8 @@ def _run(cfg, data_dir, tokenizer_dir, out, dist, device, on_metrics, on_progres
         ckpt.clean_partial(out)
         if not (out / RUN_RECORD).is_file():
             body = {**record, "data_dir": str(data_dir), "tokenizer_dir": str(tokenizer_dir)}
-            (out / RUN_RECORD).write_text(json.dumps(body, indent=2, sort_keys=True, default=str), encoding="utf-8")
+            # atomically: a kill -9 mid-write would leave a truncated run.json that blocks every rerun as "corrupt"
+            atomic_write_bytes(out / RUN_RECORD, json.dumps(body, indent=2, sort_keys=True, default=str).encode())
     distributed.barrier(dist)
 
     spec = RunSpec(world_size=dist.world_size, fingerprint={"data": data.fingerprint, "init": init_digest})
@@ -167,7 +169,7 @@ def build_model_config(cfg: PretrainConfig, data: DataInfo, init_shape: dict[str
     )
 
 
-def _read_init(init_from: str | None):
+def _read_init(init_from: str | None, allow_pickle_weights: bool = False):
     if init_from is None:
         return None, None, None
     from bert_core.pretrain.hf_compat import read_hf_dir
@@ -177,7 +179,7 @@ def _read_init(init_from: str | None):
         path = path / EXPORT  # a bertflow pretraining out dir: start from its export
     if not path.is_dir():
         raise InputError(f"pretrain.init_from {init_from} is not a directory (need a bertflow export or HF BERT dir)")
-    shape, state = read_hf_dir(path)
+    shape, state = read_hf_dir(path, allow_pickle_weights)
     weights = [p for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))]
     digest = "|".join(f"{p.name}:{file_digest(p)}" for p in weights)
     return shape, state, digest

@@ -20,6 +20,7 @@ class ScoreConfig:
     key_columns: tuple[str, ...] | None = None  # None: carry every non-text column
     filter: str | None = None  # row filter, e.g. "lang = 'en'" (validated, values bound)
     model_uri: str | None = None  # models:/name@alias, runs:/..., or a local HF dir; None: the pipeline's
+    allow_pickle_weights: bool = False  # also load a pickle checkpoint (pytorch_model.bin); only for files you trust
     batch_size: int = 64
     max_length: int = 128
     probabilities: bool = False  # add a per-class probability column

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from bert_core.errors import InputError
+from bert_core.safeload import hf_model_kwargs, require_safe_weights
 from bert_core.score.config import ScoreConfig
 from bert_core.score.fingerprint import model_fingerprint
 
@@ -86,6 +87,7 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise InputError(f"model directory {model_dir} has no config.json: give a local Hugging Face model dir")
+    require_safe_weights(model_dir, cfg.allow_pickle_weights, "--set score.allow_pickle_weights=true")
     device = resolve_device(cfg.device)
     dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
     fingerprint = model_fingerprint(model_dir)
@@ -101,11 +103,12 @@ def _load(model_dir: Path, cfg: ScoreConfig, device: torch.device, dtype: torch.
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
-        hf_tok = AutoTokenizer.from_pretrained(model_dir)
+        hf_tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        safe = hf_model_kwargs(cfg.allow_pickle_weights)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa")
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa", **safe)
         except (ValueError, ImportError):  # an architecture without SDPA support
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, **safe)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot load a sequence classifier from {model_dir}: {exc}") from None
     if not getattr(hf_tok, "is_fast", False):
