@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bert_core.errors import InputError
+from tasks import tracking
 
 HF_ARTIFACT = "hf_model"  # the key of the HF directory among the pyfunc's artifacts
 CANDIDATE = "candidate"
@@ -101,9 +102,8 @@ def log_model(
     if not (hf_dir / "config.json").is_file():
         raise InputError(f"{hf_dir} is not a Hugging Face model directory (no config.json); run finetune first")
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient()
+        tracking.use_store(tracking_uri)  # mlflow.pyfunc.log_model logs to the process-wide store
+    client = mlflow_client(tracking_uri) if tracking_uri else MlflowClient()
     if run_id:
         experiment_id = client.get_run(run_id).info.experiment_id
     if experiment_id is None:

@@ -56,18 +56,25 @@ def configure(workspace: str | Path) -> str:
     """Point MLflow (tracking and registry) at the workspace store; returns the URI."""
     uri = tracking_uri_for(workspace)
     check_reachable(uri)
+    use_store(uri)
+    return uri
+
+
+def use_store(uri: str) -> None:
+    """Point MLflow's process-wide tracking and registry URIs at ``uri``, leaving the environment alone.
+
+    MLflow 3's setters also export the URIs to the environment, which would point every
+    later run in this process (a served deployment's next flow run, another workspace)
+    at this store: the user's environment is put back as it was.
+    """
     saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    # MLflow 3 also exports these URIs to the environment, which would point every later
-    # run in this process (a served deployment's next flow run, another workspace) at
-    # this workspace's store: put the user's environment back as it was.
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    return uri
 
 
 def client(tracking_uri: str) -> MlflowClient:

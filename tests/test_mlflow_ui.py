@@ -30,7 +30,7 @@ def parent_runs(client: MlflowClient, exp_id: str):
 @pytest.fixture(scope="module")
 def two_pipeline_runs(tiny_pipeline):
     ws, summary = tiny_pipeline
-    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
     if len(parent_runs(client, summary["experiment_id"])) < 2:
         from flows.pipeline import pipeline
 

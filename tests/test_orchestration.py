@@ -73,7 +73,7 @@ def test_transient_errors_are_retried_user_errors_and_timeouts_are_not(prefect_h
 @pytest.mark.slow
 def test_stage_runs_carry_system_metrics(tiny_pipeline):
     ws, summary = tiny_pipeline
-    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
     run = client.get_run(summary["stages"]["pretrain"]["run_id"])
     keys = set(run.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, sorted(keys)
@@ -98,7 +98,7 @@ def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(pre
     finally:
         os.chdir(cwd)
 
-    client = MlflowClient(tracking_uri=night1["tracking_uri"])
+    client = MlflowClient(tracking_uri=night1["tracking_uri"], registry_uri=night1["tracking_uri"])
     assert client.get_run(night1["parent_run_id"]).data.tags["bertflow.continued_from"] == "none"
     reg1 = night1["stages"]["finetune"]["registry"]
     assert reg1["promoted"], reg1
