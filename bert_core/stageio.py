@@ -10,10 +10,14 @@ re-run never damages the previous good output.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +28,8 @@ from typing import Any
 from bert_core.errors import InputError
 
 MANIFEST = "manifest.json"
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # no space, file-size limit (RLIMIT_FSIZE), quota
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust libraries (safetensors, tokenizers) report errno
 
 ProgressFn = Callable[[int, int], None]
 """``on_progress(done, total)``; total may be 0 when unknown."""
@@ -46,7 +52,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary sibling of ``final``; on success swap it into place.
 
     On an exception the temporary directory is removed and ``final`` (if any) is
-    left exactly as it was.
+    left exactly as it was. After a ``kill -9`` the temporary directory stays behind; its
+    name carries the writer's pid, so the next ``atomic_dir`` on ``final`` removes it.
     """
     final = Path(final)
     parent = final.parent
@@ -56,35 +63,148 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         raise InputError(f"cannot create output directory {parent}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise InputError(f"output directory {parent} is not writable")
-    tmp = parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    if final.exists() and not final.is_dir():  # else the swap would move the user's file aside, out of sight
+        raise InputError(f"output {final} exists and is not a directory; move it away or choose another output")
+    _remove_stale_siblings(final)
+    tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with disk_full_as_input_error(final):
+        tmp.mkdir()
+    _IN_FLIGHT.add(tmp.name)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _swap_into_place(tmp, final)
+        try:
+            yield tmp
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise_if_disk_full(exc, final)
+            raise
+        _swap_into_place(tmp, final)
+    finally:
+        _IN_FLIGHT.discard(tmp.name)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Put ``tmp`` at ``final``; an existing ``final`` is swapped out in one atomic step where possible.
+
+    Two renames (``final`` away, ``tmp`` in) leave no ``final`` at all when a ``kill -9``
+    falls between them; ``renameat2(RENAME_EXCHANGE)`` swaps both names at once, so readers
+    always see the old or the new output. Where it is missing (not Linux, some network
+    filesystems) the two renames remain.
+    """
+    if final.exists() and _exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old output
+        return
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False if unsupported."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+_RENAMEAT2: list = []
+
+
+def _renameat2():
+    if not _RENAMEAT2:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                fn = None
+        _RENAMEAT2.append(fn)
+    return _RENAMEAT2[0]
+
+
+def _remove_stale_siblings(final: Path) -> None:
+    """Remove ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>-*`` left beside ``final`` by writers that died.
+
+    A ``kill -9`` (OOM killer, pre-emption) gives ``atomic_dir`` no chance to clean up, and
+    each leftover is a whole stage output. A live writer's directory (pid still running on
+    this machine) is kept.
+    """
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp|old)-(\d+)-[0-9a-f]{{8}}$")
+    try:
+        siblings = list(final.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        m = pattern.match(path.name)
+        if m and path.name not in _IN_FLIGHT and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_IN_FLIGHT: set[str] = set()  # this process's own temporary dirs (its pid may be a dead writer's, e.g. in containers)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # not one of ours in flight (checked first): a dead writer that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file under a temporary name, fsync, then rename over ``path``."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a half-written hidden file behind
+        raise_if_disk_full(exc, path)
+        raise
     os.replace(tmp, path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An error that means "no room to write" (ENOSPC, EFBIG, EDQUOT): an OSError from Python or Arrow, or a
+    Rust library's error (safetensors' SafetensorError is no OSError) that ends in "(os error 28)"."""
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL
+    found = _RUST_OS_ERROR.search(str(exc)) if isinstance(exc, Exception) else None
+    return found is not None and int(found.group(1)) in _DISK_FULL
+
+
+def raise_if_disk_full(exc: BaseException, path: str | Path) -> None:
+    """Re-raise a disk-full OSError as an InputError naming ``path``; other exceptions are left alone.
+
+    A full disk is the user's to fix, not a bug: it gets one clear line, not a traceback.
+    """
+    if is_disk_full(exc):
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"no space left writing {path} ({detail}); free disk space (or raise the quota / "
+                         "file-size limit) and run again, or write to another directory") from None
+
+
+@contextlib.contextmanager
+def disk_full_as_input_error(path: str | Path) -> Iterator[None]:
+    """Block form of :func:`raise_if_disk_full`."""
+    try:
+        yield
+    except Exception as exc:
+        raise_if_disk_full(exc, path)
+        raise
 
 
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:

@@ -84,9 +84,13 @@ class Preparer:
 _worker: Preparer | None = None
 
 
-def init_worker(cfg: IngestConfig) -> None:
-    """Process-pool initializer: one Preparer per worker process."""
+def init_worker(cfg: IngestConfig, stage_pid: int | None = None) -> None:
+    """Process-pool initializer: one Preparer per worker process (which ends if the stage process dies)."""
     global _worker
+    if stage_pid is not None:
+        from bert_core.orphans import exit_with
+
+        exit_with(stage_pid)
     _worker = Preparer(cfg)
 
 

@@ -118,7 +118,7 @@ class _Submit:
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=init_worker,
-                initargs=(cfg,),
+                initargs=(cfg, os.getpid()),  # workers exit if this process is killed (bert_core.orphans)
             )
 
     def docs(self, raw_docs: list[str | None]) -> Future:

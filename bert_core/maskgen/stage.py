@@ -15,6 +15,7 @@ The output directory appears atomically with its manifest (format: ``schema.py``
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from bert_core.maskgen.corpus import open_corpus, plan_units
 from bert_core.maskgen.shards import plan_shards, write_shard
 from bert_core.maskgen.tokenizer import load_tokenizer, word_starts_of
 from bert_core.maskgen.worker import UnitJob, UnitResult, process_unit
+from bert_core.orphans import exit_with
 from bert_core.stageio import ProgressFn, StageResult, atomic_dir, write_manifest
 
 PARTS_DIR = ".parts"
@@ -174,7 +176,9 @@ def _pool(num_workers: int, n_jobs: int):
     if workers <= 1:
         return _Inline()
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+    # exit_with: the workers end when this process is killed, instead of waiting for work forever
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=exit_with,
+                               initargs=(os.getpid(),))
 
 
 def _map(pool, fn: Callable, jobs: Iterable, on_done: Callable[[int], None]) -> list:
