@@ -50,6 +50,30 @@ def require_safe_weights(model_dir: str | Path, allow_pickle: bool, opt_in: str)
         )
 
 
+def load_errors() -> tuple[type[Exception], ...]:
+    """What ``from_pretrained`` raises for a missing, unreadable or damaged model directory.
+
+    A truncated ``model.safetensors`` (interrupted copy, full disk) raises safetensors' own
+    ``SafetensorError``, which is neither an OSError nor a ValueError.
+    """
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, SafetensorError)
+
+
+def load_error(model_dir: str | Path, what: str, exc: Exception) -> InputError:
+    """The InputError for a failed model load: ``what: exc``, naming the damaged weights file if one is."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as bad:  # noqa: BLE001 - any failure to open its header means the file is damaged
+            return InputError(f"{what}: weights file {path} is truncated or corrupt ({bad}); copy or export it again")
+    return InputError(f"{what}: {exc}")
+
+
 def hf_model_kwargs(allow_pickle: bool) -> dict[str, Any]:
     """Keyword arguments for every transformers model ``from_pretrained`` call."""
     return {

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from bert_core.errors import ConfigError, InputError
-from bert_core.safeload import hf_model_kwargs, require_safe_weights
+from bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
 
 
 def check_model_dir(path: str | Path, what: str = "base model") -> Path:
@@ -111,8 +111,8 @@ def build_model(model_dir: str | Path, task: str, label_names: Sequence[str], al
                 str(model_dir), num_labels=len(label_names), id2label=id2label, label2id=label2id,
                 **hf_model_kwargs(allow_pickle_weights),
             )
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot load a BERT model from {model_dir}: {exc}") from None
+        except load_errors() as exc:  # a truncated model.safetensors too: named, not a raw SafetensorError
+            raise load_error(model_dir, f"cannot load a BERT model from {model_dir}", exc) from None
 
 
 def load_finetuned(model_dir: str | Path, task: str, allow_pickle_weights: bool = False):
@@ -124,5 +124,5 @@ def load_finetuned(model_dir: str | Path, task: str, allow_pickle_weights: bool 
     try:
         with quiet_transformers():
             return auto.from_pretrained(str(model_dir), **hf_model_kwargs(allow_pickle_weights))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load a fine-tuned model from {model_dir}: {exc}") from None
+    except load_errors() as exc:
+        raise load_error(model_dir, f"cannot load a fine-tuned model from {model_dir}", exc) from None

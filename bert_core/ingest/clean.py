@@ -1,7 +1,8 @@
 """Document cleaning, each step switchable from :class:`IngestConfig`.
 
-Order: Gutenberg boilerplate -> NFC -> control characters -> whitespace. The length
-check and dedup happen after, on the cleaned text.
+Order: Gutenberg boilerplate -> control characters -> NFC -> whitespace (controls go first:
+one between a letter and its combining accent would otherwise survive NFC and leave the text
+un-normalised once removed). The length check and dedup happen after, on the cleaned text.
 
 Whitespace convention (``normalize_whitespace``): CRLF and lone CR become LF; runs of
 horizontal whitespace (tabs, NBSP, other Unicode spaces) become one space; spaces at the
@@ -54,10 +55,10 @@ class Cleaner:
         if cfg.strip_gutenberg:
             text, found = strip_gutenberg(text)
             self.gutenberg_stripped += found
-        if cfg.nfc:
-            text = nfc(text)
         if cfg.strip_control:
             text = strip_control(text)
+        if cfg.nfc:
+            text = nfc(text)
         if cfg.normalize_whitespace:
             text = normalize_whitespace(text)
         return text

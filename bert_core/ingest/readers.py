@@ -33,6 +33,7 @@ from bert_core.ingest.decode import (
     read_all,
 )
 from bert_core.ingest.discover import InputFile
+from bert_core.stageio import disk_full_as_input_error
 
 IN_MEMORY_TXT = 64 << 20  # blank-line .txt files up to this size (decompressed) are split in memory
 MAX_DOCUMENT_FILE = 512 << 20  # a one-document .txt file bigger than this (decompressed) is rejected
@@ -214,8 +215,12 @@ def _read_json(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator[Ba
 
 def _read_csv(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator[Batch]:
     delim = "\t" if f.format == "tsv" else ","
-    source = "read_csv(?, header = true, all_varchar = true, delim = ?, max_line_size = ?, buffer_size = ?)"
-    params = [f.path, delim, MAX_RECORD_BYTES, MAX_RECORD_BYTES]
+    # quote/escape pinned to RFC 4180's '"' and comments off: left to the sniffer, DuckDB may pick "'" and
+    # silently strip apostrophes from text ('quoted' -> quoted), may skip rows starting with '#' as comments,
+    # and fails on a UTF-8 BOM before a quoted header
+    source = ("read_csv(?, header = true, all_varchar = true, delim = ?, quote = ?, escape = ?, comment = ?, "
+              "max_line_size = ?, buffer_size = ?)")
+    params = [f.path, delim, '"', '"', "", MAX_RECORD_BYTES, MAX_RECORD_BYTES]
     with _duckdb(cfg) as con:
         fields = con.sql(f"SELECT * FROM {source}", params=params).columns
         _require_column(cfg.text_field, fields, "column")
@@ -251,6 +256,8 @@ def _read_parquet(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator
         with pq.ParquetFile(path) as pf:
             fields = pf.schema_arrow.names
             _require_column(cfg.text_field, fields, "column")
+            if fields.count(cfg.text_field) > 1:  # pyarrow cannot pick one by name (a raw KeyError otherwise)
+                raise FileRejected(f"has {fields.count(cfg.text_field)} columns named {cfg.text_field!r}; rename them")
             typ = pf.schema_arrow.field(cfg.text_field).type
             if not _is_text_type(typ):
                 raise FileRejected(f"column {cfg.text_field!r} has type {typ}, expected a string column")
@@ -258,6 +265,8 @@ def _read_parquet(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator
                 column = batch.column(0)
                 if pa.types.is_dictionary(column.type):
                     column = column.dictionary_decode()
+                if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                    column = column.cast(pa.large_string())  # string_view: binary_length has no kernel for it
                 stats.text_bytes += int(pc.sum(pc.binary_length(column)).as_py() or 0)
                 yield column.to_pylist()
 
@@ -280,8 +289,10 @@ def _plain_copy(f: InputFile):
         return
     fd, tmp = tempfile.mkstemp(prefix="bertflow-", suffix=".parquet")
     try:
-        with os.fdopen(fd, "wb") as out, open_binary(f.path, f.compression) as src:
-            shutil.copyfileobj(src, out, 1 << 20)
+        # a full temp disk is not a corrupt input: one clear error, not the file listed as rejected
+        with disk_full_as_input_error(f"{tmp} (the decompressed copy of {f.path})"):
+            with os.fdopen(fd, "wb") as out, open_binary(f.path, f.compression) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
         yield tmp
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -66,11 +66,19 @@ class MaskedDataset:
         self.special_ids: dict[str, int] = {k: int(v) for k, v in m["special_ids"].items()}
         self.num_rows = int(m["num_rows"])
         self.files = [self.path / s["file"] for s in m["shards"]]
-        for f in self.files:
+        rows = [int(s["rows"]) for s in m["shards"]]
+        for f, n in zip(self.files, rows):
             if not f.is_file():
                 raise InputError(f"masked-data shard {f} is listed in {self.path}/manifest.json but missing "
                                  "(re-run the mask stage)")
-        rows = [int(s["rows"]) for s in m["shards"]]
+            # footers up front (cheap): a cut shard fails here, not after hours of training when it is reached
+            try:
+                found = pq.read_metadata(f).num_rows
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise InputError(f"masked-data shard {f} cannot be read: {exc} (re-run the mask stage)") from None
+            if found != n:
+                raise InputError(f"masked-data shard {f} holds {found} rows but {self.path}/manifest.json says {n} "
+                                 "(re-run the mask stage)")
         self._shard_start = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64).tolist()
         if self._shard_start[-1] != self.num_rows:
             raise InputError(f"{self.path}/manifest.json: shard rows add up to {self._shard_start[-1]}, "

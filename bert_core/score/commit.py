@@ -120,6 +120,9 @@ def output_lock(out_dir: str | Path) -> Iterator[Path]:
     except Timeout:
         raise InputError(f"another scoring run holds the lock on {root} ({root / LOCK_NAME}); "
                          f"wait for it to finish or write to another output directory") from None
+    except OSError as exc:  # a read-only or full output directory: no lock file can be made there
+        raise InputError(f"cannot create the lock file {root / LOCK_NAME} ({exc.strerror or exc}): "
+                         f"score output directory {root} is not writable") from None
     try:
         yield root
     finally:

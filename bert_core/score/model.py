@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bert_core.errors import InputError
-from bert_core.safeload import hf_model_kwargs, require_safe_weights
+from bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
 from bert_core.score.config import ScoreConfig
 from bert_core.score.fingerprint import model_fingerprint
 
@@ -109,8 +109,8 @@ def _load(model_dir: Path, cfg: ScoreConfig, device: torch.device, dtype: torch.
             model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa", **safe)
         except (ValueError, ImportError):  # an architecture without SDPA support
             model = AutoModelForSequenceClassification.from_pretrained(model_dir, **safe)
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot load a sequence classifier from {model_dir}: {exc}") from None
+    except (*load_errors(), KeyError) as exc:  # a truncated model.safetensors too: named, not a raw traceback
+        raise load_error(model_dir, f"cannot load a sequence classifier from {model_dir}", exc) from None
     if not getattr(hf_tok, "is_fast", False):
         raise InputError(f"{model_dir}: scoring needs a fast tokenizer (tokenizer.json); "
                          f"save it with transformers' fast tokenizer first")

@@ -67,6 +67,11 @@ def read_plan(cfg: ScoreConfig, schema: pa.Schema, partition: dict[str, str], fl
     if clash:
         raise InputError(f"{where}: column {clash[0]!r} clashes with an output column; leave it out with "
                          f"score.key_columns or set score.output_prefix (e.g. 'pred_')")
+    used = text_cols | set(carried) | ({c.column for c in flt.clauses} if flt is not None else set())
+    dup = next((n for n in names if n in used and names.count(n) > 1), None)
+    if dup is not None:  # pyarrow cannot pick one of them by name (a raw KeyError otherwise)
+        hint = "" if dup in text_cols else " (or leave the column out with score.key_columns)"
+        raise InputError(f"{where} has {names.count(dup)} columns named {dup!r}; rename them in the file{hint}")
     bound = bind_filter(flt, schema, partition, where)
     needed = list(dict.fromkeys(carried + sorted(text_cols) + (bound.columns if bound else [])))
     carried_schema = pa.schema([schema.field(n).remove_metadata() for n in carried])

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from bert_core.configtools import to_dict
 from bert_core.errors import BertflowError, InputError
-from bert_core.stageio import ProgressFn, StageResult, atomic_write_bytes, write_manifest
+from bert_core.stageio import ProgressFn, StageResult, atomic_write_bytes, raise_if_disk_full, write_manifest
 
 from bert_core.score.commit import (COMMIT_KEY, clean_stale_temps, commit_status, output_lock, publish,
                                     read_commit, temp_path)
@@ -209,6 +209,10 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path, on_progres
     with output_lock(out):
         stale = clean_stale_temps(out)
         jobs = plan(cfg, out, model_dir=model_dir)
+        if any(not j.committed and j.problem is None for j in jobs):
+            from bert_core.score.model import load_classifier
+
+            load_classifier(model_dir, cfg)  # a damaged model fails the run once, not each file as if it were bad
         total = sum(max(j.rows, 0) for j in jobs if not j.committed)
         base = 0
         results = []
@@ -228,6 +232,9 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path, on_progres
             except BertflowError as exc:
                 results.append({"input": job.rel_path, "output": job.output_path, "status": "failed",
                                 "reason": str(exc)})
+            except OSError as exc:  # a full disk stops the run with one clear line (the next file would fail too)
+                raise_if_disk_full(exc, job.output_path)
+                raise
             base += max(job.rows, 0)
         if on_progress is not None:
             on_progress(total, total)
