@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from bert_core.errors import BertflowError
 from bert_core.score.config import ScoreConfig
-from bert_core.stageio import StageResult
+from bert_core.stageio import StageResult, raise_if_disk_full
 from tasks.stage_runner import TrackingContext, run_stage
 from tasks.stages import IO_OPTIONS
 
@@ -33,6 +33,9 @@ def score_file_task(cfg: ScoreConfig, job: Any, model_dir: str, model_uri: str) 
         return score_file(cfg, job, model_dir, model_uri=model_uri)
     except BertflowError as exc:  # a bad file is reported, the others go on
         return {"input": job.rel_path, "output": job.output_path, "status": "failed", "reason": str(exc)}
+    except OSError as exc:  # a full disk fails the run with one clear line (the next file would fail too)
+        raise_if_disk_full(exc, job.output_path)
+        raise
 
 
 def score_mapped(cfg: ScoreConfig, model_dir: str, model_uri: str, out_dir: str, on_progress=None) -> StageResult:

@@ -543,3 +543,20 @@ def test_workspace_lock_refuses_a_second_pipeline_before_mlflow_and_a_dead_holde
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and all(r.info.status == "FINISHED" for r in runs)
     assert len([r for r in runs if r.info.run_name == "ingest"]) == 2  # the refused attempt logged nothing
+
+
+def test_disk_full_in_the_mapped_prefect_scoring_task_is_one_clear_error(tiny_model, tmp_path):  # noqa: F811
+    """The Ray/Prefect path scores files in tasks: a full disk stops it with the same clear line."""
+    from bert_core.score.stage import plan
+    from flows.score import score_file_task
+
+    lake, out = tmp_path / "lake", tmp_path / "scores"
+    lake.mkdir()
+    big_lake_file(lake / "part-0.parquet")
+    out.mkdir()
+    (job,) = plan(scfg(lake), out, model_dir=tiny_model)
+    status, kind, clear, msg = run_forked(lambda: score_file_task.fn(scfg(lake), job, str(tiny_model), str(tiny_model)),
+                                          fsize=LIMIT)
+    assert status == "raised" and clear, msg
+    assert msg.startswith(f"no space left writing {out / 'part-0.parquet'}"), msg
+    assert leftovers(out) == []
