@@ -7,16 +7,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 part=${1:?part 1 or 2}; shift
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-python3}
-OUT=${OUT:-/tmp/bertflow-gpu-out}; export OUT; mkdir -p "$OUT"
-# Carried wheels (none are needed today: no GPU step imports duckdb; see prepare_carry.py). Kept for a later need.
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH" || exit 1
-fi
-nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not available"
+export TOKENIZERS_PARALLELISM=true
+source benchmarks/gpu/device_env.sh
 test -d .devcarry/measure || { echo "missing .devcarry/measure: carry it (prepare_carry.py --for measure)"; exit 2; }
 # the python driver keeps its own 560 s deadline; this is the backstop under the device's 600 s
 timeout -k 10 585 "$PY" benchmarks/gpu/run_measure.py "$part" "$@"

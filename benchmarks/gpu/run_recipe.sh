@@ -10,15 +10,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 chunk=${1:?chunk number}; minutes=${2:?minutes for this call (<= 9.5)}; shift 2
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-python3}
-OUT=${OUT:-/tmp/bertflow-gpu-out}; export OUT; mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH" || exit 1
-fi
-nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not available"
+export TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu/device_env.sh
 test -d .devcarry/recipe || { echo "missing .devcarry/recipe: carry it (prepare_carry.py --for recipe)"; exit 2; }
 hard=$("$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + 40))" "$minutes")
 timeout -k 10 "$hard" "$PY" benchmarks/gpu/recipe_chunk.py --chunk "$chunk" --minutes "$minutes" "$@"
