@@ -163,6 +163,15 @@ def test_non_string_json_values_and_nulls(tmp_path):
     assert result.metrics["docs_in"] == 4
 
 
+def test_jsonl_with_bare_values_is_rejected_with_a_reason_that_says_so(tmp_path):
+    (tmp_path / "good.jsonl").write_text(json.dumps({"text": DOCS[0]}) + "\n")
+    (tmp_path / "mixed.jsonl").write_text(json.dumps({"text": DOCS[1]}) + "\n" + json.dumps(["a", "list"]) + "\n")
+    result = run(_cfg(tmp_path / "good.jsonl", tmp_path / "mixed.jsonl", min_chars=1), tmp_path / "corpus")
+    assert _texts(tmp_path / "corpus") == [DOCS[0]]
+    (rejected,) = result.details["rejected"]
+    assert rejected["reason"].startswith("is not a file of JSON objects"), rejected
+
+
 # ------------------------------------------------------------------ encodings
 
 

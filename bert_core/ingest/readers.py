@@ -204,6 +204,9 @@ def _read_json(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator[Ba
             params=[f.path, fmt, MAX_RECORD_BYTES],
         ).fetchall()
         fields = [row[0] for row in described]
+        if fields == ["json"] and cfg.text_field != "json":  # DuckDB's one column for lines that are not all objects
+            raise FileRejected(f"is not a file of JSON objects (one line or more is a bare value or array); "
+                               f"each line must be an object with a {cfg.text_field!r} field")
         _require_column(cfg.text_field, fields, "field")
         # only the text field is read (bound as a parameter, never spliced into SQL); non-strings become their JSON text
         rel = con.sql(
