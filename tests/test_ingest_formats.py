@@ -131,6 +131,14 @@ def test_txt_blank_line_mode_splits_on_blank_lines_with_spaces_and_crlf(tmp_path
     assert _texts(tmp_path / "corpus") == ["first doc line one\nline two of the first", "second document here", "third document text"]
 
 
+def test_txt_blank_line_mode_splits_classic_mac_cr_only_files(tmp_path):
+    raw = "first doc line one\rline two of the first\r\rsecond document here\r \r\rthird document text\r"
+    (tmp_path / "mac.txt").write_bytes(raw.encode())
+    run(_cfg(tmp_path / "mac.txt", txt_mode="blank_line", min_chars=1), tmp_path / "corpus")
+    assert _texts(tmp_path / "corpus") == ["first doc line one\nline two of the first", "second document here",
+                                           "third document text"]
+
+
 def test_big_blank_line_file_is_streamed(tmp_path, monkeypatch):
     """Files past the in-memory limit go through the two-pass streaming path, with the same result."""
     import bert_core.ingest.readers as readers

@@ -39,7 +39,9 @@ IN_MEMORY_TXT = 64 << 20  # blank-line .txt files up to this size (decompressed)
 MAX_DOCUMENT_FILE = 512 << 20  # a one-document .txt file bigger than this (decompressed) is rejected
 MAX_RECORD_BYTES = 32 << 20  # largest JSON object / CSV line DuckDB will accept (also its CSV buffer size:
 # left at its default, DuckDB sizes the buffer of a compressed CSV at 16x this and runs out of memory)
-_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+# a blank line between two line breaks of any convention: \n, \r\n, or a lone \r (classic Mac OS)
+_BREAK = r"(?:\r\n|\r(?!\n)|\n)"
+_BLANK_LINE = re.compile(_BREAK + r"[^\S\r\n]*" + _BREAK)
 _DUCKDB_FORMATS = {"jsonl": "newline_delimited", "json": "auto"}
 
 
