@@ -1,6 +1,6 @@
 """Shared pieces of the GPU session kit: sizes against the device limits, deadline-bound steps, $OUT.
 
-The device tool (see ``/work/.library/device/README.md``) sends the working tree plus the
+The device tool (see its README in the tool library) sends the working tree plus the
 carried paths, 64 MiB in all, and brings back at most 8 files of at most 16 MiB (64 MiB
 together) from ``$OUT``, no deeper than ``$OUT/a/b/file``, names of letters, digits, ``.``,
 ``_`` and ``-``. One command runs at most 10 minutes. Everything here exists so that a session

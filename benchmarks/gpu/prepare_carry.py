@@ -32,7 +32,7 @@ Examples::
     python benchmarks/gpu/prepare_carry.py --for measure
     python benchmarks/gpu/prepare_carry.py --for recipe                      # full build, a few CPU-minutes
     python benchmarks/gpu/prepare_carry.py --for recipe --scale 0.02 --set vocab.vocab_size=2000 ...  # dry run
-    python benchmarks/gpu/prepare_carry.py --adopt-state /work/.device/<call>/files
+    python benchmarks/gpu/prepare_carry.py --adopt-state <files_at of that run>
 """
 
 from __future__ import annotations

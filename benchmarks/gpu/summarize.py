@@ -1,7 +1,7 @@
 """Markdown for benchmarks/RESULTS.md from what the device calls returned.
 
-    python benchmarks/gpu/summarize.py /work/.device/<call-1>/files/measure-part1.json \\
-                                       /work/.device/<call-2>/files/measure-part2.json
+    python benchmarks/gpu/summarize.py <files_at of call 1>/measure-part1.json \\
+                                       <files_at of call 2>/measure-part2.json
     python benchmarks/gpu/summarize.py saved/recipe-chunk1.json saved/recipe-chunk2.json saved/recipe-chunk3.json
 
 Prints one block per issue (date, device, versions, the figures against their goals) to paste

@@ -1,7 +1,7 @@
 """Dry runs only: make this machine's Python look like the GPU machine's, package-wise.
 
 Active when ``BERTFLOW_GPU_LIKE=1`` and this folder is on ``PYTHONPATH`` (``dryrun.sh`` sets
-both). Importing a package that the device image lacks (see ``/work/.library/device/KINDS.md``)
+both). Importing a package that the device image lacks (see the device tool's KINDS.md in the tool library)
 then fails here as it would there, so a GPU run that needs one is caught before it costs
 device minutes. Never put this folder on the device's ``PYTHONPATH``.
 """
