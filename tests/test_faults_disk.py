@@ -72,13 +72,19 @@ def _child(fn, conn, fsize: int | None) -> None:
         os._exit(0)
 
 
-def run_forked(fn, fsize: int | None = None, timeout: float = 120) -> tuple[str, str, bool, str]:
-    """Run ``fn`` in a forked child (with a file-size limit); ``(status, exc type, is BertflowError, message)``."""
+def start_forked(fn, fsize: int | None = None):
+    """Start ``fn`` in a forked child (with a file-size limit); returns the process and its result pipe."""
     torch.set_num_threads(1)
     recv, send = _FORK.Pipe(duplex=False)
     proc = _FORK.Process(target=_child, args=(fn, send, fsize), daemon=True)
     proc.start()
     send.close()
+    return proc, recv
+
+
+def run_forked(fn, fsize: int | None = None, timeout: float = 120) -> tuple[str, str, bool, str]:
+    """Run ``fn`` in a forked child (with a file-size limit); ``(status, exc type, is BertflowError, message)``."""
+    proc, recv = start_forked(fn, fsize)
     try:
         if not recv.poll(timeout):
             raise AssertionError(f"the child ran for more than {timeout} s (a hang?)")
@@ -479,11 +485,7 @@ def test_two_score_runs_at_once_one_refuses_naming_the_lock(tiny_model, tmp_path
             time.sleep(SLOW)
         score(scfg(lake, read_batch_rows=4), tiny_model, out, on_progress=progress)
 
-    torch.set_num_threads(1)
-    recv, send = _FORK.Pipe(duplex=False)
-    proc = _FORK.Process(target=_child, args=(first_run, send, None), daemon=True)
-    proc.start()
-    send.close()
+    proc, recv = start_forked(first_run)
     try:
         deadline = time.time() + 60
         while not started.exists():
