@@ -110,6 +110,16 @@ def test_missing_column_names_it_and_lists_available(tmp_path):
         read_examples(tmp_path / "t.parquet", "sequence")
 
 
+def test_a_column_named_twice_is_refused_not_picked(tmp_path):
+    (tmp_path / "t.csv").write_text("text,label,text\nfirst,a,second\n")
+    with pytest.raises(InputError, match=r"t.csv has 2 columns named 'text'"):
+        read_examples(tmp_path / "t.csv", "sequence")
+    pq.write_table(pa.Table.from_arrays([pa.array(["x"]), pa.array(["a"]), pa.array(["b"])],
+                                        names=["text", "label", "label"]), tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"t.parquet has 2 columns named 'label'"):
+        read_examples(tmp_path / "t.parquet", "sequence")
+
+
 def test_missing_file_and_unknown_extension(tmp_path):
     with pytest.raises(InputError, match="training file .*nope.csv not found"):
         read_examples(tmp_path / "nope.csv", "sequence")

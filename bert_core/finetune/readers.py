@@ -119,6 +119,8 @@ def _check_columns(p: Path, available: list[str], wanted: list[str], role: str) 
                 f"{role} file {p} has no column {col!r}; available columns: {', '.join(map(repr, available))} "
                 "(set finetune.text_column / label_column / text_pair_column)"
             )
+        if available.count(col) > 1:  # which one is meant cannot be known: never pick one silently
+            raise InputError(f"{role} file {p} has {available.count(col)} columns named {col!r}; rename them")
 
 
 def _string_column(p: Path, table, name: str, allow_null: bool) -> list[str]:

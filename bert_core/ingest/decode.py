@@ -191,6 +191,12 @@ class Evidence:
         return "cp1252" if self.has_c1 else "latin-1"
 
 
+def decode_utf8_counted(data: bytes) -> tuple[str, int]:
+    """UTF-8 with each undecodable byte run replaced by U+FFFD; returns the text and the bytes replaced."""
+    _tally.replaced = 0
+    return data.decode("utf-8", errors=_COUNTING), _tally.replaced
+
+
 def _decode_with(data: bytes, encoding: str) -> tuple[str, str, int]:
     if encoding == "cp1252":
         return data.decode("cp1252", errors=_CP1252_LATIN1), encoding, 0

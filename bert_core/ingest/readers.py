@@ -28,6 +28,7 @@ from bert_core.ingest.decode import (
     Undecodable,
     check_not_binary,
     decode_bytes,
+    decode_utf8_counted,
     detect_stream,
     open_binary,
     read_all,
@@ -223,12 +224,20 @@ def _read_csv(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator[Bat
     # quote/escape pinned to RFC 4180's '"' and comments off: left to the sniffer, DuckDB may pick "'" and
     # silently strip apostrophes from text ('quoted' -> quoted), may skip rows starting with '#' as comments,
     # and fails on a UTF-8 BOM before a quoted header
-    source = ("read_csv(?, header = true, all_varchar = true, delim = ?, quote = ?, escape = ?, comment = ?, "
+    source = ("read_csv(?, header = {header}, all_varchar = true, delim = ?, quote = ?, escape = ?, comment = ?, "
               "max_line_size = ?, buffer_size = ?)")
     params = [f.path, delim, '"', '"', "", MAX_RECORD_BYTES, MAX_RECORD_BYTES]
     with _duckdb(cfg) as con:
-        fields = con.sql(f"SELECT * FROM {source}", params=params).columns
+        fields = con.sql(f"SELECT * FROM {source.format(header='true')}", params=params).columns
         _require_column(cfg.text_field, fields, "column")
+        # DuckDB renames a repeated header ('text', 'text' -> 'text', 'text_1'): reading one of them by name
+        # would silently drop the other, so the header is read as it is written and a repeat is refused
+        first = con.sql(f"SELECT * FROM {source.format(header='false')} LIMIT 1", params=params).fetchall()
+        repeats = list(first[0]).count(cfg.text_field) if first else 0
+        if repeats > 1:
+            raise FileRejected(f"has {repeats} columns named {cfg.text_field!r} in its header; "
+                               "rename them or set ingest.text_field")
+        source = source.format(header="true")
         rel = con.sql(f"SELECT {quote_ident(cfg.text_field)} FROM {source}", params=params)
         yield from _drain(rel, cfg, stats)
 
@@ -273,7 +282,29 @@ def _read_parquet(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator
                 if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
                     column = column.cast(pa.large_string())  # string_view: binary_length has no kernel for it
                 stats.text_bytes += int(pc.sum(pc.binary_length(column)).as_py() or 0)
-                yield column.to_pylist()
+                yield _utf8_values(column, stats)
+
+
+def _utf8_values(column, stats: ReadStats) -> list[str | None]:
+    """A string column's values; bytes a broken writer left that are not UTF-8 become U+FFFD and are
+    counted in ``replaced_bytes``, as in text files, instead of one bad cell refusing the whole file."""
+    import pyarrow as pa
+
+    try:
+        column.validate(full=True)  # the usual case: valid, and checked at C speed
+        return column.to_pylist()
+    except pa.ArrowInvalid:
+        pass
+    binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+    values: list[str | None] = []
+    for raw in column.view(binary).to_pylist():
+        if raw is None:
+            values.append(None)
+            continue
+        text, replaced = decode_utf8_counted(raw)
+        stats.replaced_bytes += replaced
+        values.append(text)
+    return values
 
 
 def _is_text_type(typ) -> bool:
