@@ -224,20 +224,20 @@ def _read_csv(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator[Bat
     # quote/escape pinned to RFC 4180's '"' and comments off: left to the sniffer, DuckDB may pick "'" and
     # silently strip apostrophes from text ('quoted' -> quoted), may skip rows starting with '#' as comments,
     # and fails on a UTF-8 BOM before a quoted header
-    source = ("read_csv(?, header = {header}, all_varchar = true, delim = ?, quote = ?, escape = ?, comment = ?, "
+    source = ("read_csv(?, header = ?, all_varchar = true, delim = ?, quote = ?, escape = ?, comment = ?, "
               "max_line_size = ?, buffer_size = ?)")
-    params = [f.path, delim, '"', '"', "", MAX_RECORD_BYTES, MAX_RECORD_BYTES]
+    options = [delim, '"', '"', "", MAX_RECORD_BYTES, MAX_RECORD_BYTES]
+    params = [f.path, True, *options]
     with _duckdb(cfg) as con:
-        fields = con.sql(f"SELECT * FROM {source.format(header='true')}", params=params).columns
+        fields = con.sql(f"SELECT * FROM {source}", params=params).columns
         _require_column(cfg.text_field, fields, "column")
         # DuckDB renames a repeated header ('text', 'text' -> 'text', 'text_1'): reading one of them by name
         # would silently drop the other, so the header is read as it is written and a repeat is refused
-        first = con.sql(f"SELECT * FROM {source.format(header='false')} LIMIT 1", params=params).fetchall()
+        first = con.sql(f"SELECT * FROM {source} LIMIT 1", params=[f.path, False, *options]).fetchall()
         repeats = list(first[0]).count(cfg.text_field) if first else 0
         if repeats > 1:
             raise FileRejected(f"has {repeats} columns named {cfg.text_field!r} in its header; "
                                "rename them or set ingest.text_field")
-        source = source.format(header="true")
         rel = con.sql(f"SELECT {quote_ident(cfg.text_field)} FROM {source}", params=params)
         yield from _drain(rel, cfg, stats)
 
