@@ -949,6 +949,17 @@ def test_ingest_parquet_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_pat
     assert manifest["counts"]["replaced_bytes"] == 3 and manifest["dropped"]["null_text"] == 1
 
 
+def test_ingest_csv_rejection_reason_says_why_not_only_where(tmp_path):
+    """Was: DuckDB's CSV errors were cut to their first line, "CSV Error on Line: 3", which names no cause."""
+    (tmp_path / "a.csv").write_bytes(b'text,id\n"a good document",1\n"ba\xff\xfed",2\n')
+    (tmp_path / "ok.jsonl").write_text('{"text": "a good document, long enough"}\n')
+    ingest(IngestConfig(inputs=(str(tmp_path / "*"),), workers=1), tmp_path / "out")
+    (rejected,) = read_manifest(tmp_path / "out", "ingest")["rejected"]
+    assert Path(rejected["path"]).name == "a.csv"
+    assert "CSV Error on Line" in rejected["reason"] and "not utf-8 encoded" in rejected["reason"]
+    assert "\n" not in rejected["reason"] and "Possible Solution" not in rejected["reason"]
+
+
 def test_score_dictionary_text_with_invalid_utf8_flags_rows_not_the_file(tiny_model, tmp_path):  # noqa: F811
     """Known gap checked: a dictionary page holding non-UTF-8 bytes must not refuse the whole file."""
     raw = [b"good film", b"ba\xff\xfed", b"good film", None, b"x\xffy", b"fine"]

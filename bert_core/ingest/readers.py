@@ -103,8 +103,19 @@ def _compression_reason(f: InputFile, exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The error's headline; for DuckDB's CSV errors ("CSV Error on Line: N") also the line that says why.
+
+    The rest (the offending row's text, possible solutions, reader options) is left out: a reason
+    stays one short line in the manifest.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "CSV Error on Line" in lines[0]:
+        cause = next((line for line in lines[1:] if not line.startswith(("Original Line", "Possible Solution"))), None)
+        if cause:
+            return f"{lines[0]}: {cause}"
+    return lines[0]
 
 
 # ---------------------------------------------------------------- plain text
