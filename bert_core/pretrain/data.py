@@ -108,11 +108,19 @@ class PretrainStream(IterableDataset):
             local += workers
 
 
+def _worker_start_method() -> str:
+    import multiprocessing as mp
+
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers pack NumPy arrays; torch threads would only oversubscribe the CPU
 
 
 def make_loader(stream: PretrainStream, num_workers: int, pin_memory: bool, prefetch_factor: int) -> DataLoader:
+    """Workers start from a forkserver, not by forking this process: a Prefect flow, MLflow's metrics
+    monitor and a pin-memory thread all run threads here, and a fork copies whatever locks they hold."""
     return DataLoader(
         stream,
         batch_size=None,  # the stream yields whole batches
@@ -120,5 +128,6 @@ def make_loader(stream: PretrainStream, num_workers: int, pin_memory: bool, pref
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers else None,
         worker_init_fn=_worker_init if num_workers else None,
+        multiprocessing_context=_worker_start_method() if num_workers else None,
         generator=torch.Generator().manual_seed(0),  # so making the loader never draws from the global RNG
     )
