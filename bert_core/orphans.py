@@ -12,11 +12,18 @@ watcher thread that ends the worker soon after the stage process is gone.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import threading
 import time
 
 POLL_S = 0.5  # how often a worker checks on the stage process
+
+
+def worker_start_method() -> str:
+    """``forkserver`` (else ``spawn``) for worker processes: never a fork of the stage process, whose
+    threads (a Prefect flow's, MLflow's metrics monitor, a pin-memory thread) may hold locks a fork copies."""
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
 
 def exit_with(stage_pid: int, poll_s: float = POLL_S) -> None:

@@ -150,15 +150,10 @@ _IN_FLIGHT: set[str] = set()  # this process's own temporary dirs (its pid may b
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # not one of ours in flight (checked first): a dead writer that had our pid
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, another user's
-        return True
-    return True
+    from bert_core.orphans import is_running
+
+    # our own pid, not in flight (checked first): a dead writer that had our pid, e.g. in another container
+    return pid != os.getpid() and is_running(pid)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bert_core.ingest.config import IngestConfig
+from bert_core.arrowtext import is_valid_utf8, raw_bytes
 from bert_core.ingest.decode import (
     StreamDecoder,
     Undecodable,
@@ -299,20 +300,11 @@ def _read_parquet(f: InputFile, cfg: IngestConfig, stats: ReadStats) -> Iterator
 def _utf8_values(column, stats: ReadStats) -> list[str | None]:
     """A string column's values; bytes a broken writer left that are not UTF-8 become U+FFFD and are
     counted in ``replaced_bytes``, as in text files, instead of one bad cell refusing the whole file."""
-    import pyarrow as pa
-
-    try:
-        column.validate(full=True)  # the usual case: valid, and checked at C speed
+    if is_valid_utf8(column):
         return column.to_pylist()
-    except pa.ArrowInvalid:
-        pass
-    binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
     values: list[str | None] = []
-    for raw in column.view(binary).to_pylist():
-        if raw is None:
-            values.append(None)
-            continue
-        text, replaced = decode_utf8_counted(raw)
+    for raw in raw_bytes(column):
+        text, replaced = decode_utf8_counted(raw) if raw is not None else (None, 0)
         stats.replaced_bytes += replaced
         values.append(text)
     return values

@@ -32,7 +32,7 @@ from bert_core.maskgen.corpus import open_corpus, plan_units
 from bert_core.maskgen.shards import plan_shards, write_shard
 from bert_core.maskgen.tokenizer import load_tokenizer, word_starts_of
 from bert_core.maskgen.worker import UnitJob, UnitResult, process_unit
-from bert_core.orphans import exit_with
+from bert_core.orphans import exit_with, worker_start_method
 from bert_core.stageio import ProgressFn, StageResult, atomic_dir, write_manifest
 
 PARTS_DIR = ".parts"
@@ -175,9 +175,9 @@ def _pool(num_workers: int, n_jobs: int):
     workers = min(num_workers, n_jobs)
     if workers <= 1:
         return _Inline()
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     # exit_with: the workers end when this process is killed, instead of waiting for work forever
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=exit_with,
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(worker_start_method()),
+                               initializer=exit_with,
                                initargs=(os.getpid(),))
 
 

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bert_core.maskgen.reader import MaskedDataset
+from bert_core.orphans import worker_start_method
 from bert_core.pretrain.batch import IGNORE, PackedBatch, pack_batch
 from bert_core.pretrain.inputs import DataInfo
 
@@ -108,19 +109,12 @@ class PretrainStream(IterableDataset):
             local += workers
 
 
-def _worker_start_method() -> str:
-    import multiprocessing as mp
-
-    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-
-
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers pack NumPy arrays; torch threads would only oversubscribe the CPU
 
 
 def make_loader(stream: PretrainStream, num_workers: int, pin_memory: bool, prefetch_factor: int) -> DataLoader:
-    """Workers start from a forkserver, not by forking this process: a Prefect flow, MLflow's metrics
-    monitor and a pin-memory thread all run threads here, and a fork copies whatever locks they hold."""
+    """Workers start from a forkserver, not as forks of this threaded process (``worker_start_method``)."""
     return DataLoader(
         stream,
         batch_size=None,  # the stream yields whole batches
@@ -128,6 +122,6 @@ def make_loader(stream: PretrainStream, num_workers: int, pin_memory: bool, pref
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers else None,
         worker_init_fn=_worker_init if num_workers else None,
-        multiprocessing_context=_worker_start_method() if num_workers else None,
+        multiprocessing_context=worker_start_method() if num_workers else None,
         generator=torch.Generator().manual_seed(0),  # so making the loader never draws from the global RNG
     )

@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from bert_core.arrowtext import invalid_utf8_rows
+
 ERR_NULL = "null_text"
 ERR_EMPTY = "empty_text"
 ERR_NULL_PAIR = "null_text_pair"
@@ -66,7 +68,7 @@ def extract_texts(col: pa.Array | pa.ChunkedArray, max_chars: int, policy: str,
         return Texts([], [], np.zeros(0, dtype=bool))
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         col = col.cast(pa.large_string())  # string_view: the compute kernels below take (large_)string
-    bad_utf8 = _invalid_utf8(col)
+    bad_utf8 = invalid_utf8_rows(col)
     if bad_utf8 is not None:  # a file that holds non-UTF-8 bytes in a string column: flag those rows
         col = pc.if_else(pa.array(bad_utf8), pa.scalar(None, col.type), col)
     is_null = col.is_null().to_numpy(zero_copy_only=False)
@@ -83,24 +85,6 @@ def extract_texts(col: pa.Array | pa.ChunkedArray, max_chars: int, policy: str,
         for i in np.flatnonzero(bad_utf8):
             errors[i] = ERR_INVALID_UTF8
     return Texts(values, errors, long)
-
-
-def _invalid_utf8(col: pa.Array) -> np.ndarray | None:
-    """Rows whose bytes are not valid UTF-8 (None when all are valid: the usual, cheap case)."""
-    try:
-        col.validate(full=True)
-        return None
-    except pa.ArrowInvalid:
-        pass
-    raw = col.view(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary()).to_pylist()
-    bad = np.zeros(len(raw), dtype=bool)
-    for i, value in enumerate(raw):
-        if value is not None:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                bad[i] = True
-    return bad
 
 
 def _is_text(dtype: pa.DataType) -> bool:
