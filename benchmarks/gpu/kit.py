@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,6 @@ CARRY_LIMIT = 64 * MIB  # working tree + carried paths, per call
 OUT_MAX_FILES = 8
 OUT_MAX_FILE = 16 * MIB
 OUT_MAX_TOTAL = 64 * MIB
-COMMAND_LIMIT_S = 600  # one device command
 OUT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -135,7 +134,6 @@ class StepResult:
     estimate_s: float
     limit_s: float
     note: str = ""
-    figures: dict = field(default_factory=dict)
 
 
 class Runner:

@@ -145,7 +145,6 @@ def pretrain(cfg, data_dir: Path, tok_dir: Path, run_dir: Path, deadline: float,
 
     every = cfg.pretrain.checkpoint_every
     marks: collections.deque = collections.deque(maxlen=200)
-    stopped = {"at": None}
 
     def on_metrics(step: int, m: dict) -> None:
         history.append({"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in m.items()}})
@@ -160,7 +159,6 @@ def pretrain(cfg, data_dir: Path, tok_dir: Path, run_dir: Path, deadline: float,
         (t_a, s_a), (t_b, s_b) = marks[0], marks[-1]
         per_step = (t_b - t_a) / (s_b - s_a) if s_b > s_a else 0.0
         if now + 1.15 * every * per_step > deadline:  # the next checkpoint would come too late: stop on this one
-            stopped["at"] = step
             raise StopChunk(step)
 
     say(f"pretraining: budget {cfg.pretrain.budget_minutes} min in all; this chunk stops by "

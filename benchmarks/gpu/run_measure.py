@@ -147,7 +147,7 @@ def unpack_data() -> dict:
     return files
 
 
-def collect(part: int) -> dict:
+def collect() -> dict:
     figures: dict = {}
     pre = kit.read_json_lines(WORK / "pretrain.jsonl")
     if pre:
@@ -219,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = [s for s in plan if any(s["name"].startswith(w) for w in wanted)]
     runner.log(f"plan: {len(plan)} steps, estimate {sum(s['est'] for s in plan) / 60:.1f} min "
                f"of {args.budget_s / 60:.1f} min budget")
+
+    def write_result() -> dict:
+        result = {"part": args.part, "dry_run": args.dry_run, "env": env, "data": data,
+                  "steps": [asdict(r) for r in runner.results], "figures": collect(),
+                  "seconds": round(time.monotonic() - runner.t0, 1)}
+        (out / f"measure-part{args.part}.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+        return result
+
     step_env = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(kit.REPO),
                 os.environ.get("PYTHONPATH", "")])), "TOKENIZERS_PARALLELISM": "true"}
     for s in plan:
@@ -230,17 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         task = s["out"][3:] if s["out"] and s["out"].startswith("ft:") else None
         if task and res.status == "failed" and res.rc == 1 and (WORK / "ftq" / f"{task}-quality.json").is_file():
             res.status, res.note = "ok", "ran; target missed (quality_finetune exits 1)"  # a figure, not a crash
-        figures = collect(args.part)
-        result = {"part": args.part, "dry_run": args.dry_run, "env": env, "data": data,
-                  "steps": [asdict(r) for r in runner.results], "figures": figures,
-                  "seconds": round(time.monotonic() - runner.t0, 1)}
-        # rewritten after every step: a part cut off by the device still returns what it measured
-        (out / f"measure-part{args.part}.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-    figures = collect(args.part)
-    result = {"part": args.part, "dry_run": args.dry_run, "env": env, "data": data,
-              "steps": [asdict(r) for r in runner.results], "figures": figures,
-              "seconds": round(time.monotonic() - runner.t0, 1)}
-    (out / f"measure-part{args.part}.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+        write_result()  # after every step: a part cut off by the device still returns what it measured
+    result = write_result()
+    figures = result["figures"]
     lines = ["", f"===== measure part {args.part} summary ({result['seconds']:.0f}s) ====="]
     lines += runner.summary_rows() + [""] + (summary(figures) or ["(no figures)"])
     problems = kit.check_out(out)
