@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bert_core.stageio import atomic_dir
+from bert_core.vocab import frozen
 from tasks import registry
 
 BASE_TAG = "bertflow.pretrain_base"  # model-version tag: the snapshot directory of its pretrained base
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def find_base(tracking_uri: str, name: str) -> tuple[ChampionBase | None, str]:
     if not path:
         return None, f"{registry.CHAMPION} version {champion.version} of {name!r} has no pretrained-base snapshot"
     base = Path(path)
-    missing = [f for f in ("config.json", *_TOKENIZER_FILES) if not (base / f).is_file()]
+    missing = [f for f in ("config.json", *frozen.REQUIRED_FILES) if not (base / f).is_file()]
     if missing:
         return None, f"the base snapshot {base} of {name!r} version {champion.version} lacks {', '.join(missing)}"
     return ChampionBase(name, str(champion.version), str(base)), f"continuing from {name!r} version {champion.version}"

@@ -16,14 +16,14 @@ from bert_core.errors import InputError
 from bert_core.stageio import StageResult, atomic_dir, write_manifest
 from bert_core.vocab.stage import TOKENIZER_FILES, tokenizer_fingerprint
 
-_REQUIRED = ("tokenizer.json", "vocab.txt")
+REQUIRED_FILES = ("tokenizer.json", "vocab.txt")  # what a base model dir must hold to give its vocabulary
 
 
 def run(base_model_dir: str | Path, out_dir: str | Path) -> StageResult:
     """Copy ``base_model_dir``'s tokenizer files to ``out_dir`` (atomically) with a manifest saying where from."""
     started = time.perf_counter()
     base = Path(base_model_dir)
-    missing = [name for name in _REQUIRED if not (base / name).is_file()]
+    missing = [name for name in REQUIRED_FILES if not (base / name).is_file()]
     if missing:
         raise InputError(f"{base} cannot provide a frozen vocabulary: {', '.join(missing)} missing "
                          "(a bertflow pretraining export or a Hugging Face BERT directory with a fast tokenizer)")
