@@ -43,7 +43,7 @@ def running(cmd: list[str], health_url: str, env: dict[str, str] | None = None, 
                 raise RuntimeError(f"{' '.join(cmd[:3])} did not become healthy in {timeout:.0f} s")
             time.sleep(1)
         if sys.platform.startswith("linux"):
-            assert_loopback_only(proc.pid)
+            assert_loopback_only(proc.pid, expect_port=httpx.URL(health_url).port)
         yield
     finally:
         with contextlib.suppress(ProcessLookupError):  # the group is gone when it exited during start-up
@@ -89,9 +89,16 @@ def _proc_address(hex_addr: str) -> str:
     return str(ipaddress.ip_address(raw))
 
 
-def assert_loopback_only(pgid: int) -> list[tuple[str, int]]:
-    """Fail unless every listening socket of process group ``pgid`` is bound to a loopback address."""
+def assert_loopback_only(pgid: int, expect_port: int | None = None) -> list[tuple[str, int]]:
+    """Fail unless every listening socket of process group ``pgid`` is bound to a loopback address.
+
+    ``expect_port``: the port the server answered on must be among those found, so a scan that
+    finds nothing (the wrong group, an unreadable ``/proc``) fails instead of passing.
+    """
     found = listening_addresses(pgid)
+    if expect_port is not None:
+        assert expect_port in {port for _, port in found}, (
+            f"no listening socket on port {expect_port} found for process group {pgid} (found {found})")
     wide = []
     for address, port in found:
         ip = ipaddress.ip_address(address)

@@ -29,7 +29,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from bert_core.errors import BertflowError, InputError
 from bert_core.ingest.config import IngestConfig
@@ -45,15 +44,15 @@ from bert_core.score.commit import LOCK_NAME, output_lock
 from bert_core.score.config import ScoreConfig
 from bert_core.score.stage import plan, run as score, score_file
 from bert_core.stageio import dir_digest, file_digest
+from tests.faults import hidden_leftovers
 from tests.test_score import make_lake, read_out, tiny_model  # noqa: F401  (tiny_model: the session fixture)
 
 _FORK = multiprocessing.get_context("fork")
 LIMIT = 256 << 10  # the file-size limit of the "disk full" child: every output below is bigger than this
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """One intra-op thread: cheaper here, and OpenMP is not fork-safe once it runs several."""
+# one intra-op thread: cheaper here, and OpenMP is not fork-safe once it runs several
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -74,7 +73,6 @@ def _child(fn, conn, fsize: int | None) -> None:
 
 def start_forked(fn, fsize: int | None = None):
     """Start ``fn`` in a forked child (with a file-size limit); returns the process and its result pipe."""
-    torch.set_num_threads(1)
     recv, send = _FORK.Pipe(duplex=False)
     proc = _FORK.Process(target=_child, args=(fn, send, fsize), daemon=True)
     proc.start()
@@ -103,7 +101,6 @@ def _hold(enter, ready: Path) -> None:
 @contextlib.contextmanager
 def held_by_another_process(enter, ready: Path):
     """A forked child that enters ``enter()`` (a lock) and sleeps; yields it, SIGKILLs it afterwards."""
-    torch.set_num_threads(1)
     proc = _FORK.Process(target=_hold, args=(enter, ready), daemon=True)
     proc.start()
     try:
@@ -128,11 +125,6 @@ def write_jsonl(path: Path, n_docs: int, words: int = 60, seed: int = 0) -> Path
 def rx(path) -> str:
     """A path as a regular expression that matches just it (for ``pytest.raises(match=...)``)."""
     return re.escape(str(path))
-
-
-def leftovers(directory: Path) -> list[str]:
-    """Hidden temporary names a failed write could leave behind."""
-    return sorted(p.name for p in directory.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
 
 
 def mount_tmpfs(target: Path, options: str) -> None:
@@ -186,7 +178,7 @@ def test_disk_full_during_ingest_is_one_clear_error_and_keeps_the_old_corpus(tmp
     status, kind, clear, msg = run_forked(lambda: ingest(cfg, out), fsize=LIMIT)
     assert status == "raised" and clear and kind == "InputError", msg
     assert msg.startswith(f"no space left writing {out}"), msg
-    assert dir_digest(out) == before and leftovers(tmp_path) == []
+    assert dir_digest(out) == before and hidden_leftovers(tmp_path) == []
     ingest(cfg, out)  # with room again the same run works
     assert dir_digest(out) != before
 
@@ -218,7 +210,7 @@ def test_disk_full_during_scoring_keeps_committed_files_and_leaves_no_temp(tiny_
     assert status == "raised" and clear, msg
     assert msg.startswith(f"no space left writing {out / 'part-900.parquet'}"), msg
     assert {p: file_digest(out / p) for p in committed} == committed
-    assert not (out / "part-900.parquet").exists() and leftovers(out) == []
+    assert not (out / "part-900.parquet").exists() and hidden_leftovers(out) == []
     again = score(scfg(lake), tiny_model, out)  # with room again: the new file scored, the old one skipped
     assert again.metrics["files_scored"] == 1 and again.metrics["files_skipped"] == 1
     assert read_out(out).num_rows == 20 + 40
@@ -232,7 +224,7 @@ def test_real_enospc_on_a_full_filesystem(small_fs, tiny_model, tmp_path):  # no
     cfg = IngestConfig(inputs=(str(write_jsonl(tmp_path / "big.jsonl", 3000)),), workers=1, compression="none")
     with pytest.raises(InputError, match=f"^no space left writing {rx(out)} .*No space left on device"):
         ingest(cfg, out)
-    assert dir_digest(out) == before and leftovers(small_fs) == []
+    assert dir_digest(out) == before and hidden_leftovers(small_fs) == []
 
     lake, scores = tmp_path / "lake", small_fs / "scores"
     make_lake(lake, files=1, rows=10)
@@ -241,7 +233,7 @@ def test_real_enospc_on_a_full_filesystem(small_fs, tiny_model, tmp_path):  # no
     big_lake_file(lake / "part-900.parquet")
     with pytest.raises(InputError, match=f"^no space left writing {rx(scores / 'part-900.parquet')}"):
         score(scfg(lake), tiny_model, scores)
-    assert dir_digest(scores, "*.parquet") == committed and leftovers(small_fs) == []
+    assert dir_digest(scores, "*.parquet") == committed and hidden_leftovers(small_fs) == []
     shutil.rmtree(out)
     shutil.rmtree(scores)
     assert shutil.disk_usage(small_fs).free == free_before  # nothing hidden left taking space
@@ -275,7 +267,7 @@ def test_output_path_that_is_a_file_is_refused_not_moved_aside(tiny_model, tmp_p
     make_lake(tmp_path / "lake", files=1, rows=3)
     with pytest.raises(InputError, match=f"score output directory {rx(target)}"):
         score(scfg(tmp_path / "lake"), tiny_model, target)
-    assert target.read_text() == "my notes" and leftovers(tmp_path) == []
+    assert target.read_text() == "my notes" and hidden_leftovers(tmp_path) == []
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits; the read-only mount test covers root")
@@ -354,7 +346,7 @@ def test_mask_names_a_missing_or_cut_corpus_shard_and_keeps_its_old_output(corpu
     _damage(victim, how)
     with pytest.raises(InputError, match=f"corpus shard {rx(victim)} (is listed in .* but missing|is not a readable)"):
         mask(cfg, damaged, tok, out)
-    assert dir_digest(out) == before and leftovers(tmp_path) == []
+    assert dir_digest(out) == before and hidden_leftovers(tmp_path) == []
 
 
 @pytest.fixture(scope="module")
@@ -393,7 +385,7 @@ def test_lake_file_vanishing_between_listing_and_reading_is_named(tiny_model, tm
     result = score(scfg(lake), tiny_model, out, on_progress=lambda done, total: doomed.unlink(missing_ok=True))
     assert [f["input"] for f in result.details["failed"]] == ["part-002.parquet"]
     assert str(doomed) in result.details["failed"][0]["reason"]
-    assert result.metrics["files_scored"] == 2 and read_out(out).num_rows == 12 and leftovers(out) == []
+    assert result.metrics["files_scored"] == 2 and read_out(out).num_rows == 12 and hidden_leftovers(out) == []
 
 
 # ======================================================================================= cut weights
@@ -440,7 +432,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_older_ones(masked, traine
     status, kind, clear, msg = run_forked(lambda: pretrain(TINY, data, tok, out), fsize=LIMIT)
     assert status == "raised" and clear, msg
     assert msg.startswith(f"no space left writing {out / ckpt.CHECKPOINTS / 'step-0000030'}"), msg
-    assert {p.name: dir_digest(p) for p in ckpt.list_checkpoints(out)} == older and leftovers(out) == []
+    assert {p.name: dir_digest(p) for p in ckpt.list_checkpoints(out)} == older and hidden_leftovers(out) == []
     assert pretrain(TINY, data, tok, out).details["resumed_from_step"] == 20  # with room again it goes on
 
 
@@ -504,7 +496,7 @@ def test_two_score_runs_at_once_one_refuses_naming_the_lock(tiny_model, tmp_path
     got, want = read_out(out).sort_by("id"), read_out(ref).sort_by("id")
     assert got["id"].to_pylist() == list(range(64)) and got["label"].to_pylist() == want["label"].to_pylist()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["metrics"]["files_scored"] == 4 and not manifest["failed"] and leftovers(out) == []
+    assert manifest["metrics"]["files_scored"] == 4 and not manifest["failed"] and hidden_leftovers(out) == []
 
 
 def test_stale_score_lock_of_a_killed_run_does_not_block(tiny_model, tmp_path):  # noqa: F811
@@ -561,4 +553,4 @@ def test_disk_full_in_the_mapped_prefect_scoring_task_is_one_clear_error(tiny_mo
                                           fsize=LIMIT)
     assert status == "raised" and clear, msg
     assert msg.startswith(f"no space left writing {out / 'part-0.parquet'}"), msg
-    assert leftovers(out) == []
+    assert hidden_leftovers(out) == []

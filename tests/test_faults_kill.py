@@ -34,21 +34,20 @@ import pytest
 import torch
 
 from bert_core.stageio import MANIFEST, file_digest
+from tests.conftest import REPO
 from tests.faults import (Killed, KillLog, calibrate, die, hidden_leftovers, kill_at, kill_during, kill_when,
                           visible_parquet, wrap)
 from tests.test_score import cfg as score_cfg
 from tests.test_score import make_lake, read_out, tiny_model  # noqa: F401 - tiny_model is a fixture
 
-REPO = Path(__file__).resolve().parents[1]
 BOOKS = REPO / "data" / "books"
 SEEDS = range(10)
 MIN_LANDED = 6  # of 10 kills, at least this many must hit a running child (delays are 5-85 % of a run)
 LOGS = {stage: KillLog(stage) for stage in ("ingest", "mask", "pretrain", "score")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """One intra-op thread: forking after OpenMP has started its pool can hang the child."""
+# one intra-op thread: forking after OpenMP has started its pool can hang the child
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _record(stage: str, killed: Killed, state: str) -> None:

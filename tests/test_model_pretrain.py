@@ -18,9 +18,7 @@ from bert_core.pretrain.synthetic import write_tokenizer
 VOCAB = 120
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Every test in this module runs with one intra-op thread."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(with_nsp: bool, pre_ln: bool = False, vocab: int = VOCAB) -> BertForPretraining:

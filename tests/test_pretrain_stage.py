@@ -25,8 +25,8 @@ from bert_core.pretrain.inputs import read_data_info
 from bert_core.pretrain.model import BertForPretraining, ModelConfig
 from bert_core.pretrain.stage import run
 from bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB, SEQ = 300, 32
 TINY = PretrainConfig(
     hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position_embeddings=64,
@@ -35,9 +35,7 @@ TINY = PretrainConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Every test in this module runs with one intra-op thread."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,16 +29,14 @@ import torch
 
 from bert_core.errors import InputError
 from bert_core.safeload import hf_model_kwargs
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("bert_core", "tasks", "flows", "deployments")
 VOCAB, HIDDEN = 300, 32
 LABELS = {0: "neg", 1: "pos"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    """Two shared cores: one intra-op thread."""
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def source_trees() -> list[tuple[Path, ast.Module]]:
@@ -268,8 +266,9 @@ def _with_custom_code(src: Path, dst: Path, model_type: str, marker: Path) -> Pa
 def test_rule3_auto_map_code_in_a_model_dir_never_runs(model_type, models, tmp_path, monkeypatch):
     """A known model_type loads the plain BERT class; an unknown one is a clear error. The code never runs.
 
-    transformers asks on stdin before running a model dir's code unless told ``trust_remote_code``;
-    here every such question is answered "y", so a loader that leaves it unset runs the payload.
+    For an unknown model_type, transformers asks on stdin before running a model dir's code unless
+    told ``trust_remote_code``; here every such question is answered "y", so a loader that leaves it
+    unset runs the payload (the control test below shows the payload does run when trusted).
     """
     from bert_core.finetune.model import build_model, load_finetuned, load_tokenizer
     from bert_core.score.config import ScoreConfig
@@ -292,6 +291,16 @@ def test_rule3_auto_map_code_in_a_model_dir_never_runs(model_type, models, tmp_p
         assert not marker.exists(), f"{name} ran the model directory's code"
     assert type(load_tokenizer(model_dir)).__name__ != "EvilTokenizer"
     assert not marker.exists()
+
+
+def test_rule3_control_the_payload_runs_when_the_code_is_trusted(models, tmp_path):
+    """The control for the test above: the planted code is live, so its marker's absence there means something."""
+    from transformers import AutoModelForSequenceClassification
+
+    marker = tmp_path / "marker"
+    model_dir = _with_custom_code(models["clf"][0], tmp_path / "model", "evilbert", marker)
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=True)
+    assert type(model).__name__ == "EvilModel" and marker.read_text() == "pwned"
 
 
 # ---------------------------------------------------------------------------------------------- rule 4
