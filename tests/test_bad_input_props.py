@@ -49,7 +49,6 @@ from bert_core.ingest.stage import run as ingest
 from bert_core.score.config import ScoreConfig
 from bert_core.score.stage import output_dataset, run as score
 from bert_core.stageio import read_manifest
-from tests.test_score import tiny_model  # noqa: F401  (the session fixture: a tiny BERT classifier + tokenizer)
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -813,7 +812,7 @@ def run_score_plan(model_dir: Path, files: list[ScoreFile], cfg_kw: dict, how: s
         return check_score(root, files, how, cfg, outcome)
 
 
-def test_score_bad_inputs_property(tiny_model, record_property):  # noqa: F811
+def test_score_bad_inputs_property(tiny_model, record_property):
     outcomes: Counter = Counter()
 
     @settings(max_examples=SCORE_EXAMPLES, **SETTINGS)
@@ -856,7 +855,7 @@ def test_ingest_keeps_10mb_documents_in_every_format(tmp_path):
     assert max(s["text_bytes"] for s in manifest["shards"]) >= HUGE  # one over-size document: a shard of its own
 
 
-def test_score_truncates_10mb_strings_and_keeps_every_row(tiny_model, tmp_path):  # noqa: F811
+def test_score_truncates_10mb_strings_and_keeps_every_row(tiny_model, tmp_path):
     texts = ["good film", _huge("first"), None, _huge("second"), "bad film"]
     table = pa.table({"id": list(range(5)), "text": pa.array(texts, pa.large_string())})
     pq.write_table(table, tmp_path / "in.parquet")
@@ -960,7 +959,7 @@ def test_ingest_csv_rejection_reason_says_why_not_only_where(tmp_path):
     assert "\n" not in rejected["reason"] and "Possible Solution" not in rejected["reason"]
 
 
-def test_score_dictionary_text_with_invalid_utf8_flags_rows_not_the_file(tiny_model, tmp_path):  # noqa: F811
+def test_score_dictionary_text_with_invalid_utf8_flags_rows_not_the_file(tiny_model, tmp_path):
     """Known gap checked: a dictionary page holding non-UTF-8 bytes must not refuse the whole file."""
     raw = [b"good film", b"ba\xff\xfed", b"good film", None, b"x\xffy", b"fine"]
     text = pa.array(raw, pa.binary()).view(pa.string()).dictionary_encode()
@@ -981,7 +980,7 @@ def test_ingest_control_char_inside_a_combining_sequence_still_gives_nfc(tmp_pat
     assert texts == ["naïve café"] and unicodedata.is_normalized("NFC", texts[0])
 
 
-def test_score_duplicate_column_names_are_a_clear_error(tiny_model, tmp_path):  # noqa: F811
+def test_score_duplicate_column_names_are_a_clear_error(tiny_model, tmp_path):
     """Bug: a raw KeyError escaped from pyarrow (carried column or text column named twice)."""
     for names, column in ((["id", "text", "id"], "id"), (["text", "text"], "text")):
         arrays = [pa.array(["good film", "bad"]) if n == "text" else pa.array([1, 2]) for n in names]

@@ -45,7 +45,7 @@ from bert_core.score.config import ScoreConfig
 from bert_core.score.stage import plan, run as score, score_file
 from bert_core.stageio import dir_digest, file_digest
 from tests.faults import hidden_leftovers
-from tests.test_score import make_lake, read_out, tiny_model  # noqa: F401  (tiny_model: the session fixture)
+from tests.test_score import make_lake, read_out
 
 _FORK = multiprocessing.get_context("fork")
 LIMIT = 256 << 10  # the file-size limit of the "disk full" child: every output below is bigger than this
@@ -200,7 +200,7 @@ def test_disk_full_while_decompressing_an_input_is_not_blamed_on_the_input(tmp_p
     assert not out.exists()
 
 
-def test_disk_full_during_scoring_keeps_committed_files_and_leaves_no_temp(tiny_model, tmp_path):  # noqa: F811
+def test_disk_full_during_scoring_keeps_committed_files_and_leaves_no_temp(tiny_model, tmp_path):
     lake, out = tmp_path / "lake", tmp_path / "scores"
     make_lake(lake, files=1, rows=20)
     score(scfg(lake), tiny_model, out)
@@ -216,7 +216,7 @@ def test_disk_full_during_scoring_keeps_committed_files_and_leaves_no_temp(tiny_
     assert read_out(out).num_rows == 20 + 40
 
 
-def test_real_enospc_on_a_full_filesystem(small_fs, tiny_model, tmp_path):  # noqa: F811
+def test_real_enospc_on_a_full_filesystem(small_fs, tiny_model, tmp_path):
     free_before = shutil.disk_usage(small_fs).free
     out = small_fs / "corpus"
     ingest(IngestConfig(inputs=(str(write_jsonl(tmp_path / "small.jsonl", 5)),), workers=1), out)
@@ -246,7 +246,7 @@ def _ingest_cfg(tmp_path: Path) -> IngestConfig:
     return IngestConfig(inputs=(str(write_jsonl(tmp_path / "in.jsonl", 3)),), workers=1)
 
 
-def test_output_under_a_regular_file_is_a_clear_error(tiny_model, tmp_path):  # noqa: F811
+def test_output_under_a_regular_file_is_a_clear_error(tiny_model, tmp_path):
     """Works for root too: no permission bits involved, a file sits where a directory must be."""
     blocker = tmp_path / "blocker"
     blocker.write_text("not a directory")
@@ -258,7 +258,7 @@ def test_output_under_a_regular_file_is_a_clear_error(tiny_model, tmp_path):  # 
     assert blocker.read_text() == "not a directory"
 
 
-def test_output_path_that_is_a_file_is_refused_not_moved_aside(tiny_model, tmp_path):  # noqa: F811
+def test_output_path_that_is_a_file_is_refused_not_moved_aside(tiny_model, tmp_path):
     """Bug: atomic_dir swapped its new directory with the user's file, which ended up hidden."""
     target = tmp_path / "notes.txt"
     target.write_text("my notes")
@@ -271,7 +271,7 @@ def test_output_path_that_is_a_file_is_refused_not_moved_aside(tiny_model, tmp_p
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits; the read-only mount test covers root")
-def test_read_only_output_directory_is_a_clear_error(tiny_model, tmp_path):  # noqa: F811
+def test_read_only_output_directory_is_a_clear_error(tiny_model, tmp_path):
     ro = tmp_path / "ro"
     (ro / "scores").mkdir(parents=True)
     ro.chmod(0o555)
@@ -287,7 +287,7 @@ def test_read_only_output_directory_is_a_clear_error(tiny_model, tmp_path):  # n
         ro.chmod(0o755)
 
 
-def test_read_only_mount_is_a_clear_error_even_for_root(tiny_model, tmp_path):  # noqa: F811
+def test_read_only_mount_is_a_clear_error_even_for_root(tiny_model, tmp_path):
     """Bug: the score lock's file could not be created and a raw OSError escaped (EROFS / EACCES)."""
     mnt = tmp_path / "ro-fs"
     mount_tmpfs(mnt, "size=64k")
@@ -372,7 +372,7 @@ def test_pretrain_names_a_missing_or_cut_masked_shard_before_training(masked, tm
     assert not (tmp_path / "run" / ckpt.CHECKPOINTS).exists()  # refused up front: no training, no checkpoint
 
 
-def test_lake_file_vanishing_between_listing_and_reading_is_named(tiny_model, tmp_path):  # noqa: F811
+def test_lake_file_vanishing_between_listing_and_reading_is_named(tiny_model, tmp_path):
     lake, out = tmp_path / "lake", tmp_path / "scores"
     make_lake(lake, files=3, rows=6)
     job = plan(scfg(lake), out)[1]
@@ -443,7 +443,7 @@ def _cut_copy(model_dir: Path, dest: Path) -> Path:
     return weights
 
 
-def test_truncated_model_weights_for_finetune_and_score_are_named(tiny_model, tmp_path):  # noqa: F811
+def test_truncated_model_weights_for_finetune_and_score_are_named(tiny_model, tmp_path):
     """Bug: both raised a raw safetensors SafetensorError; scoring also marked every input file failed."""
     from bert_core.finetune.config import FinetuneConfig
     from bert_core.finetune.stage import run as finetune
@@ -466,7 +466,7 @@ def test_truncated_model_weights_for_finetune_and_score_are_named(tiny_model, tm
 SLOW = 0.2  # seconds per progress callback of the first run: it holds the lock while the second one tries
 
 
-def test_two_score_runs_at_once_one_refuses_naming_the_lock(tiny_model, tmp_path):  # noqa: F811
+def test_two_score_runs_at_once_one_refuses_naming_the_lock(tiny_model, tmp_path):
     lake, out, ref = tmp_path / "lake", tmp_path / "scores", tmp_path / "reference"
     make_lake(lake, files=4, rows=16, seed=2)
     started = tmp_path / "first-started"
@@ -499,7 +499,7 @@ def test_two_score_runs_at_once_one_refuses_naming_the_lock(tiny_model, tmp_path
     assert manifest["metrics"]["files_scored"] == 4 and not manifest["failed"] and hidden_leftovers(out) == []
 
 
-def test_stale_score_lock_of_a_killed_run_does_not_block(tiny_model, tmp_path):  # noqa: F811
+def test_stale_score_lock_of_a_killed_run_does_not_block(tiny_model, tmp_path):
     lake, out = tmp_path / "lake", tmp_path / "scores"
     make_lake(lake, files=1, rows=4)
     with held_by_another_process(lambda: output_lock(out), tmp_path / "ready"):
@@ -539,8 +539,12 @@ def test_workspace_lock_refuses_a_second_pipeline_before_mlflow_and_a_dead_holde
     assert len([r for r in runs if r.info.run_name == "ingest"]) == 2  # the refused attempt logged nothing
 
 
-def test_disk_full_in_the_mapped_prefect_scoring_task_is_one_clear_error(tiny_model, tmp_path):  # noqa: F811
-    """The Ray/Prefect path scores files in tasks: a full disk stops it with the same clear line."""
+def test_disk_full_in_the_mapped_prefect_scoring_task_is_one_clear_error(tiny_model, tmp_path):
+    """The Ray/Prefect path scores files in tasks: a full disk in the task's body becomes the same clear line.
+
+    The body is called directly (``.fn``) in a forked child under a file-size limit; that Prefect does not
+    retry such an error (an InputError) is shown with a real flow in ``test_orchestration``.
+    """
     from bert_core.score.stage import plan
     from flows.score import score_file_task
 

@@ -38,7 +38,7 @@ from tests.conftest import REPO
 from tests.faults import (Killed, KillLog, calibrate, die, hidden_leftovers, kill_at, kill_during, kill_when,
                           visible_parquet, wrap)
 from tests.test_score import cfg as score_cfg
-from tests.test_score import make_lake, read_out, tiny_model  # noqa: F401 - tiny_model is a fixture
+from tests.test_score import make_lake, read_out
 
 BOOKS = REPO / "data" / "books"
 SEEDS = range(10)
@@ -281,7 +281,7 @@ SCORE_FILES, SCORE_ROWS = 12, 40
 
 
 @pytest.fixture(scope="module")
-def score_setup(tiny_model, tmp_path_factory):  # noqa: F811 - the fixture imported above
+def score_setup(tiny_model, tmp_path_factory):
     from bert_core.score.stage import run
 
     root = tmp_path_factory.mktemp("kill-score")

@@ -23,45 +23,7 @@ from bert_core.errors import InputError
 from bert_core.score.config import ScoreConfig
 from bert_core.score.stage import FileJob, output_dataset, output_lock, plan, run, score_file
 from bert_core.stageio import read_manifest
-
-REPO = Path(__file__).resolve().parents[1]
-WORDS = ("the a film movie story plot actor great good bad terrible wonderful boring funny sad long short very not "
-         "really quite it is was and but with of to in on for this that i you we they love hate liked enjoyed").split()
-LABELS = {0: "neg", 1: "neu", 2: "pos"}
-
-
-def sentence(rng: random.Random, lo: int = 3, hi: int = 25) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer x 32-hidden BERT classifier (3 labels) with a WordPiece tokenizer trained here."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    rng = random.Random(0)
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
-    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    raw.decoder = decoders.WordPiece()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    corpus = [sentence(rng) for _ in range(300)] + ["0123456789 éàü ,.!?'"]
-    raw.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
-    raw.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", raw.token_to_id("[CLS]")), ("[SEP]", raw.token_to_id("[SEP]"))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=3, initializer_range=0.5,
-                        id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-    model = BertForSequenceClassification(config)
-    path = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+from tests.conftest import LABELS, REPO, sentence  # the tiny_model fixture lives in conftest too
 
 
 def write(path: Path, table: dict | pa.Table) -> Path:
