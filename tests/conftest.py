@@ -73,6 +73,13 @@ def tiny_pipeline(prefect_harness, tmp_path_factory):
     return ws, summary
 
 
+def corpus_texts(corpus: Path) -> list[str]:
+    """Every document of an ingested corpus, in shard order."""
+    import pyarrow.parquet as pq
+
+    return [t for shard in sorted(corpus.glob("shard-*.parquet")) for t in pq.read_table(shard).column("text").to_pylist()]
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Two cores shared with other tests: one intra-op thread avoids OpenMP spin contention."""

@@ -49,6 +49,7 @@ from bert_core.ingest.stage import run as ingest
 from bert_core.score.config import ScoreConfig
 from bert_core.score.stage import output_dataset, run as score
 from bert_core.stageio import read_manifest
+from tests.conftest import corpus_texts
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -847,7 +848,7 @@ def test_ingest_keeps_10mb_documents_in_every_format(tmp_path):
     with no_hang():
         result = ingest(IngestConfig(inputs=(str(d),), workers=1, shard_max_mb=4), tmp_path / "out")
     manifest = read_manifest(tmp_path / "out", "ingest")
-    texts = [t for s in manifest["shards"] for t in pq.read_table(tmp_path / "out" / s["name"])["text"].to_pylist()]
+    texts = corpus_texts(tmp_path / "out")
     assert not manifest["rejected"] and result.metrics["docs_in"] == 3 + 2 + 2 + 1
     assert manifest["dropped"]["null_text"] == 1 and len(texts) == 7  # rows in = rows out + counted drops
     for fmt, doc in docs.items():
@@ -874,7 +875,7 @@ def _ingest_one(tmp_path: Path, name: str, data: bytes, **kw) -> tuple[dict, lis
     kw.setdefault("min_chars", 1)
     ingest(IngestConfig(inputs=(str(tmp_path / name),), workers=1, **kw), tmp_path / "out")
     manifest = read_manifest(tmp_path / "out", "ingest")
-    texts = [t for s in manifest["shards"] for t in pq.read_table(tmp_path / "out" / s["name"])["text"].to_pylist()]
+    texts = corpus_texts(tmp_path / "out")
     return manifest, texts
 
 

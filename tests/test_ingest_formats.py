@@ -16,6 +16,7 @@ from bert_core.ingest.config import IngestConfig
 from bert_core.ingest.schema import CORPUS_SCHEMA
 from bert_core.ingest.stage import run
 from bert_core.stageio import read_manifest
+from tests.conftest import corpus_texts
 
 DOCS = [
     f"Document number {i} talks about topic {i}. It has a second sentence! And a third one?"
@@ -26,10 +27,6 @@ DOCS = [
 def _cfg(*inputs, **kw) -> IngestConfig:
     kw.setdefault("workers", 1)
     return IngestConfig(inputs=tuple(str(p) for p in inputs), **kw)
-
-
-def _texts(corpus: Path) -> list[str]:
-    return [t for shard in sorted(corpus.glob("shard-*.parquet")) for t in pq.read_table(shard).column("text").to_pylist()]
 
 
 def _compress(path: Path, data: bytes, compression: str | None) -> Path:
@@ -84,7 +81,7 @@ def test_every_format_and_compression_round_trips(tmp_path, fmt, compression):
         data = "\n\n".join(DOCS).encode()
     src = _compress(tmp_path / f"input.{fmt}", data, compression)
     result = run(_cfg(src, txt_mode="blank_line", min_chars=1), tmp_path / "corpus")
-    texts = _texts(tmp_path / "corpus")
+    texts = corpus_texts(tmp_path / "corpus")
     expected = [d.replace(". ", ".\n", 1) for d in DOCS] if fmt in ("csv", "tsv") else DOCS
     assert texts == expected
     assert result.metrics["docs_in"] == len(DOCS) == result.metrics["docs_out"]
@@ -102,7 +99,7 @@ def test_hive_partitioned_parquet_directory(tmp_path):
         pq.write_table(pa.table({"body": docs}), part / "part-0.parquet")
     (root / "_SUCCESS").write_text("")  # writer markers are skipped, not rejected
     result = run(_cfg(root, text_field="body"), tmp_path / "corpus")
-    assert _texts(tmp_path / "corpus") == DOCS
+    assert corpus_texts(tmp_path / "corpus") == DOCS
     assert result.metrics["files_rejected"] == 0
     sources = pq.read_table(tmp_path / "corpus" / "shard-00000.parquet").column("source").to_pylist()
     assert sources[0].endswith("year=2023/lang=en/part-0.parquet")
@@ -115,27 +112,27 @@ def test_glob_and_directory_inputs_are_expanded_once(tmp_path):
         (d / f"{i}.txt").write_text(doc)
     result = run(_cfg(d, d / "*.txt", d / "0.txt"), tmp_path / "corpus")
     assert result.metrics["docs_in"] == len(DOCS)  # each file read once although named three ways
-    assert _texts(tmp_path / "corpus") == DOCS
+    assert corpus_texts(tmp_path / "corpus") == DOCS
 
 
 def test_txt_file_mode_keeps_one_document_per_file(tmp_path):
     (tmp_path / "a.txt").write_text("\n\n".join(DOCS))
     run(_cfg(tmp_path / "a.txt", txt_mode="file"), tmp_path / "corpus")
-    assert _texts(tmp_path / "corpus") == ["\n\n".join(DOCS)]
+    assert corpus_texts(tmp_path / "corpus") == ["\n\n".join(DOCS)]
 
 
 def test_txt_blank_line_mode_splits_on_blank_lines_with_spaces_and_crlf(tmp_path):
     raw = "first doc line one\r\nline two of the first\r\n \r\n\r\nsecond document here\r\n\r\n\r\n\r\nthird document text\r\n"
     (tmp_path / "a.txt").write_bytes(raw.encode())
     run(_cfg(tmp_path / "a.txt", txt_mode="blank_line", min_chars=1), tmp_path / "corpus")
-    assert _texts(tmp_path / "corpus") == ["first doc line one\nline two of the first", "second document here", "third document text"]
+    assert corpus_texts(tmp_path / "corpus") == ["first doc line one\nline two of the first", "second document here", "third document text"]
 
 
 def test_txt_blank_line_mode_splits_classic_mac_cr_only_files(tmp_path):
     raw = "first doc line one\rline two of the first\r\rsecond document here\r \r\rthird document text\r"
     (tmp_path / "mac.txt").write_bytes(raw.encode())
     run(_cfg(tmp_path / "mac.txt", txt_mode="blank_line", min_chars=1), tmp_path / "corpus")
-    assert _texts(tmp_path / "corpus") == ["first doc line one\nline two of the first", "second document here",
+    assert corpus_texts(tmp_path / "corpus") == ["first doc line one\nline two of the first", "second document here",
                                            "third document text"]
 
 
@@ -148,7 +145,7 @@ def test_big_blank_line_file_is_streamed(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "IN_MEMORY_TXT", 1000)
     monkeypatch.setattr("bert_core.ingest.decode.CHUNK", 4096)
     result = run(_cfg(src, txt_mode="blank_line"), tmp_path / "corpus")
-    assert _texts(tmp_path / "corpus") == docs
+    assert corpus_texts(tmp_path / "corpus") == docs
     assert read_manifest(tmp_path / "corpus")["inputs"][0]["encoding"] == "utf-8"
     assert result.metrics["text_bytes_in"] == len("\n\n".join(docs).encode())
 
@@ -166,7 +163,7 @@ def test_non_string_json_values_and_nulls(tmp_path):
     lines = [{"text": DOCS[0]}, {"text": None}, {"other": "no text here"}, {"text": 12345678901234567890}]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     result = run(_cfg(tmp_path / "a.jsonl", min_chars=1), tmp_path / "corpus")
-    assert _texts(tmp_path / "corpus") == [DOCS[0], "12345678901234567890"]
+    assert corpus_texts(tmp_path / "corpus") == [DOCS[0], "12345678901234567890"]
     assert read_manifest(tmp_path / "corpus")["dropped"]["null_text"] == 2
     assert result.metrics["docs_in"] == 4
 
@@ -175,7 +172,7 @@ def test_jsonl_with_bare_values_is_rejected_with_a_reason_that_says_so(tmp_path)
     (tmp_path / "good.jsonl").write_text(json.dumps({"text": DOCS[0]}) + "\n")
     (tmp_path / "mixed.jsonl").write_text(json.dumps({"text": DOCS[1]}) + "\n" + json.dumps(["a", "list"]) + "\n")
     result = run(_cfg(tmp_path / "good.jsonl", tmp_path / "mixed.jsonl", min_chars=1), tmp_path / "corpus")
-    assert _texts(tmp_path / "corpus") == [DOCS[0]]
+    assert corpus_texts(tmp_path / "corpus") == [DOCS[0]]
     (rejected,) = result.details["rejected"]
     assert rejected["reason"].startswith("is not a file of JSON objects"), rejected
 
@@ -187,7 +184,7 @@ def _ingest_one(tmp_path: Path, data: bytes, **kw):
     (tmp_path / "in.txt").write_bytes(data)
     result = run(_cfg(tmp_path / "in.txt", min_chars=1, **kw), tmp_path / "corpus")
     manifest = read_manifest(tmp_path / "corpus")
-    return _texts(tmp_path / "corpus")[0], manifest["inputs"][0], result
+    return corpus_texts(tmp_path / "corpus")[0], manifest["inputs"][0], result
 
 
 def test_latin1_file_is_detected(tmp_path):
@@ -227,5 +224,5 @@ def test_parquet_dictionary_column_is_read_and_a_non_string_column_rejected(tmp_
     pq.write_table(pa.table({"text": pa.array(DOCS[:2]).dictionary_encode()}), tmp_path / "cat.parquet")
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
     result = run(_cfg(tmp_path / "cat.parquet", tmp_path / "ints.parquet"), tmp_path / "corpus")
-    assert _texts(tmp_path / "corpus") == DOCS[:2]
+    assert corpus_texts(tmp_path / "corpus") == DOCS[:2]
     assert result.details["rejected"][0]["reason"] == "column 'text' has type int64, expected a string column"
