@@ -28,8 +28,8 @@ PATTERN = str(GUTENBERG / "*.txt.gz")
 
 
 def child_ours(out: Path, workers: int) -> dict:
-    from bert_core.ingest.config import IngestConfig
-    from bert_core.ingest.stage import run
+    from bertflow.bert_core.ingest.config import IngestConfig
+    from bertflow.bert_core.ingest.stage import run
 
     t = time.perf_counter()
     result = run(IngestConfig(inputs=(PATTERN,), workers=workers), out)

@@ -26,7 +26,7 @@ the next ``--steps`` are timed between two ``cuda.synchronize()``. Tokens are re
 the GPU's dense bf16 peak (H100 SXM: 989 TFLOP/s).
 
 Data: synthetic shards in the masked-data format (``bert_core.pretrain.synthetic``,
-static masks drawn with the shared ``bert_core.maskgen.masking`` function; generating
+static masks drawn with the shared ``bert_core.mask.masking`` function; generating
 from text would need a trained 30k WordPiece vocab and a corpus, which throughput does
 not depend on). Needs only torch, transformers, pyarrow, numpy.
 
@@ -85,7 +85,7 @@ def parse() -> argparse.Namespace:
 
 
 def make_data(args, root: Path) -> tuple[Path, Path]:
-    from bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
+    from bertflow.bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
 
     rows = args.batch * (args.warmup + args.steps + 4)
     t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def make_data(args, root: Path) -> tuple[Path, Path]:
 
 
 def load_batches(data: Path, batch: int, count: int) -> list[dict[str, np.ndarray]]:
-    from bert_core.maskgen.reader import MaskedDataset
+    from bertflow.bert_core.mask.reader import MaskedDataset
 
     it = MaskedDataset(data).iter_batches(batch, start_row=0)
     return [next(it) for _ in range(count)]
@@ -105,7 +105,7 @@ def load_batches(data: Path, batch: int, count: int) -> list[dict[str, np.ndarra
 
 def flops_of(layers: int, hidden: int, inter: int, vocab: int, tokens: int, masked: int, sum_sq: int,
              dense: bool) -> float:
-    from bert_core.pretrain.flops import step_flops
+    from bertflow.bert_core.pretrain.flops import step_flops
 
     n_encoder = layers * (4 * hidden * hidden + 2 * hidden * inter)  # weights; biases/LN are noise
     n_head = hidden * hidden + hidden * vocab
@@ -155,8 +155,8 @@ def run_peer(args, device, batches, timed_tokens: int) -> dict[str, float]:
 
 
 def run_ours(args, device, data: Path, tok: Path, out_dir: Path, timed_tokens: int) -> dict[str, float]:
-    from bert_core.pretrain.config import PretrainConfig
-    from bert_core.pretrain.stage import run
+    from bertflow.bert_core.pretrain.config import PretrainConfig
+    from bertflow.bert_core.pretrain.stage import run
 
     layers, hidden, heads, inter = SIZES[args.size]
     cuda = device.type == "cuda"
@@ -215,7 +215,7 @@ def main() -> int:
         sum_sq = int(sum((b["attention_mask"].sum(1).astype(np.int64) ** 2).sum() for b in timed))
         print(f"timed: {tokens} tokens, {masked / tokens:.1%} of them predicted "
               f"({masked / (len(timed) * args.batch):.1f} per sequence)")
-        from bert_core.pretrain.flops import peak_flops
+        from bertflow.bert_core.pretrain.flops import peak_flops
 
         peak = peak_flops(device)
         figures: dict[str, dict[str, float]] = {}

@@ -213,8 +213,8 @@ def time_peer(model_dir: Path, texts: list[str], batch_size: int, device: str, m
 def time_ours(model_dir: Path, lake: Path, work: Path, batch_size: int, device: str, max_length: int,
               threads: int, tag: str) -> tuple[float, dict]:
     """rows/s of our run(): Parquet lake in, scored Parquet out (fresh output dir each time)."""
-    from bert_core.score.config import ScoreConfig
-    from bert_core.score.stage import run
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.stage import run
 
     out = work / f"out-{tag}"
     shutil.rmtree(out, ignore_errors=True)
@@ -285,8 +285,8 @@ def bench_model(kind: str, args, work: Path, texts: list[str], lake: Path) -> di
         print(f"  [{kind}] repeat {r}: ours bs={ours_bs}: {rate:,.0f} rows/s", flush=True)
     peer_median = {bs: statistics.median(v) for bs, v in peer.items()}
     best_bs = max(peer_median, key=peer_median.get)
-    from bert_core.score.config import ScoreConfig
-    from bert_core.score.model import cpu_threads
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.model import cpu_threads
 
     result = {
         "model": kind, "device": device, "rows": len(texts), "repeats": args.repeats, "ours_batch_size": ours_bs,
@@ -308,8 +308,8 @@ def bench_model(kind: str, args, work: Path, texts: list[str], lake: Path) -> di
 # ---------------------------------------------------------------- RSS mode ------------------------------------------
 def rss_child(args) -> None:
     """Run ours once on ``args.lake`` and print rows/s and peak RSS as JSON (one fresh process per size)."""
-    from bert_core.score.config import ScoreConfig
-    from bert_core.score.stage import run
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.stage import run
 
     cfg = ScoreConfig(input=args.lake, batch_size=args.batch_size or 64, device=args.device, cpu_threads=args.threads)
     t0 = time.perf_counter()

@@ -22,12 +22,12 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.stage import run as ingest
-from bert_core.stageio import read_manifest
-from bert_core.vocab.config import VocabConfig
-from bert_core.vocab.stage import run as build_vocab
-from bert_core.vocab.tokenizer import SPECIAL_TOKENS
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.stage import run as ingest
+from bertflow.bert_core.stageio import read_manifest
+from bertflow.bert_core.vocab.config import VocabConfig
+from bertflow.bert_core.vocab.stage import run as build_vocab
+from bertflow.bert_core.vocab.tokenizer import SPECIAL_TOKENS
 
 REPO = Path(__file__).resolve().parents[1]
 GUTENBERG = REPO.parent / "shared" / "data" / "gutenberg"

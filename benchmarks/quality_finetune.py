@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_core.configtools import apply_overrides, from_dict, to_dict
-from bert_core.finetune.config import FinetuneConfig
-from bert_core.finetune.examples import TaggedExamples
-from bert_core.finetune.readers import read_examples
-from bert_core.finetune.stage import run
+from bertflow.bert_core.configtools import apply_overrides, from_dict, to_dict
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.finetune.examples import TaggedExamples
+from bertflow.bert_core.finetune.readers import read_examples
+from bertflow.bert_core.finetune.stage import run
 
 TASKS = {
     "sst2": {

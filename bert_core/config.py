@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bert_core.configtools import apply_overrides, from_dict, load_yaml, to_dict
-from bert_core.finetune.config import FinetuneConfig
-from bert_core.flowconfig import FlowConfig
-from bert_core.ingest.config import IngestConfig
-from bert_core.maskgen.config import MaskConfig
-from bert_core.pretrain.config import PretrainConfig
-from bert_core.score.config import ScoreConfig
-from bert_core.vocab.config import VocabConfig
+from bertflow.bert_core.configtools import apply_overrides, from_dict, load_yaml, to_dict
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.flowconfig import FlowConfig
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.mask.config import MaskConfig
+from bertflow.bert_core.pretrain.config import PretrainConfig
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.vocab.config import VocabConfig
 
 STAGES = ("ingest", "vocab", "mask", "pretrain", "finetune", "score")
 

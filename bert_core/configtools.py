@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from bert_core.errors import ConfigError
+from bertflow.bert_core.errors import ConfigError
 
 T = TypeVar("T")
 

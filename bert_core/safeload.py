@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # what transformers loads with use_safetensors
 PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 MANIFEST = "manifest.json"
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # no space, file-size limit (RLIMIT_FSIZE), quota
@@ -150,7 +150,7 @@ _IN_FLIGHT: set[str] = set()  # this process's own temporary dirs (its pid may b
 
 
 def _pid_alive(pid: int) -> bool:
-    from bert_core.orphans import is_running
+    from bertflow.bert_core.orphans import is_running
 
     # our own pid, not in flight (checked first): a dead writer that had our pid, e.g. in another container
     return pid != os.getpid() and is_running(pid)
@@ -204,7 +204,7 @@ def disk_full_as_input_error(path: str | Path) -> Iterator[None]:
 
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest.json`` (with the bertflow version and a UTC timestamp added)."""
-    from bert_core import __version__
+    from bertflow.bert_core import __version__
 
     body = {"bertflow_version": __version__, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     body.update(manifest)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import serve
 
-from flows.pipeline import pipeline
+from bertflow.flows.pipeline import pipeline
 
 TIMEZONE = "Europe/London"
 # The same parameters as deployments/prefect.yaml (a test checks they agree).

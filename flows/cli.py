@@ -19,10 +19,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bert_core.config import STAGES, load_config
-from bert_core.configtools import to_dict
-from bert_core.errors import BertflowError
-from flows import workspace as ws_mod
+from bertflow.bert_core.config import STAGES, load_config
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.errors import BertflowError
+from bertflow.flows import workspace as ws_mod
 
 # Before Prefect is imported: no telemetry calls (this may be an offline box).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -57,7 +57,7 @@ def _run_flow(stages: list[str], config: str | None, overrides: list[str] | None
     load_config(config, overrides or [])
     root = ws_mod.Workspace(ws_mod.resolve(workspace)).ensure().root
     _quiet_prefect_tracebacks()
-    from flows.pipeline import pipeline
+    from bertflow.flows.pipeline import pipeline
 
     summary = pipeline(config=config, overrides=list(overrides or []), workspace=str(root), stages=stages)
     _print_summary(summary)

@@ -17,12 +17,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from bert_core.config import STAGES, PipelineConfig, load_config
-from bert_core.errors import InputError
-from flows.workspace import Workspace, resolve
-from tasks import champion, tracking
-from tasks import stages as stage_tasks
-from tasks.stage_runner import TrackingContext
+from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
+from bertflow.bert_core.errors import InputError
+from bertflow.flows.workspace import Workspace, resolve
+from bertflow.tasks import champion, tracking
+from bertflow.tasks import stages as stage_tasks
+from bertflow.tasks.stage_runner import TrackingContext
 
 
 @flow(name="pipeline", validate_parameters=True)
@@ -98,17 +98,17 @@ def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContex
         return stage_tasks.configured(t, cfg.flow)
 
     if stage == "ingest":
-        return task(stage_tasks.ingest)(ctx, cfg.ingest, str(ws.corpus))
+        return task(stage_tasks.ingest)(ctx, cfg.ingest, str(ws.ingest))
     if stage == "vocab":
         if base is not None:  # continuing pretraining keeps the base model's token ids
-            return task(stage_tasks.frozen_vocab)(ctx, base.path, str(ws.tokenizer))
-        return task(stage_tasks.vocab)(ctx, cfg.vocab, _need(ws.corpus, "ingest"), str(ws.tokenizer))
+            return task(stage_tasks.frozen_vocab)(ctx, base.path, str(ws.vocab))
+        return task(stage_tasks.vocab)(ctx, cfg.vocab, _need(ws.ingest, "ingest"), str(ws.vocab))
     if stage == "mask":
         return task(stage_tasks.mask)(
-            ctx, cfg.mask, _need(ws.corpus, "ingest"), _need(ws.tokenizer, "vocab"), str(ws.masked))
+            ctx, cfg.mask, _need(ws.ingest, "ingest"), _need(ws.vocab, "vocab"), str(ws.mask))
     if stage == "pretrain":
         return task(stage_tasks.pretrain)(
-            ctx, cfg.pretrain, _need(ws.masked, "mask"), _need(ws.tokenizer, "vocab"), str(ws.pretrain)
+            ctx, cfg.pretrain, _need(ws.mask, "mask"), _need(ws.vocab, "vocab"), str(ws.pretrain)
         )
     if stage == "finetune":
         model_dir = cfg.finetune.base_model or _need(ws.pretrain / "export", "pretrain")
@@ -116,10 +116,10 @@ def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContex
     if stage == "score":
         model = cfg.score.model_uri or _need(ws.finetune / "model", "finetune")
         if cfg.score.runner == "ray":
-            from flows.score import run_score_stage
+            from bertflow.flows.score import run_score_stage
 
-            return run_score_stage(ctx, cfg.score, model, str(ws.scores))
-        return task(stage_tasks.score)(ctx, cfg.score, model, str(ws.scores))
+            return run_score_stage(ctx, cfg.score, model, str(ws.score))
+        return task(stage_tasks.score)(ctx, cfg.score, model, str(ws.score))
     raise AssertionError(stage)
 
 

@@ -17,17 +17,17 @@ from typing import Any
 from prefect import flow, task, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from bert_core.errors import BertflowError
-from bert_core.score.config import ScoreConfig
-from bert_core.stageio import StageResult, raise_if_disk_full
-from tasks.stage_runner import TrackingContext, run_stage
-from tasks.stages import IO_OPTIONS
+from bertflow.bert_core.errors import BertflowError
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.stageio import StageResult, raise_if_disk_full
+from bertflow.tasks.stage_runner import TrackingContext, run_stage
+from bertflow.tasks.stages import IO_OPTIONS
 
 
 @task(name="score-file", **IO_OPTIONS)  # transient errors retry with backoff; a bad file is a result
 def score_file_task(cfg: ScoreConfig, job: Any, model_dir: str, model_uri: str) -> dict[str, Any]:
     """Score one input file into its output file (idempotent: a committed file returns at once)."""
-    from bert_core.score.stage import score_file
+    from bertflow.bert_core.score.stage import score_file
 
     try:
         return score_file(cfg, job, model_dir, model_uri=model_uri)
@@ -40,8 +40,8 @@ def score_file_task(cfg: ScoreConfig, job: Any, model_dir: str, model_uri: str) 
 
 def score_mapped(cfg: ScoreConfig, model_dir: str, model_uri: str, out_dir: str, on_progress=None) -> StageResult:
     """Lock, plan, map ``score_file_task`` over the pending files, write the run manifest."""
-    from bert_core.score.commit import read_commit
-    from bert_core.score.stage import clean_stale_temps, output_lock, plan, write_run_manifest
+    from bertflow.bert_core.score.commit import read_commit
+    from bertflow.bert_core.score.stage import clean_stale_temps, output_lock, plan, write_run_manifest
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -94,7 +94,7 @@ def gpu_options():
 @flow(name="score-lake-files", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def score_files_flow(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> dict[str, Any]:
     """The mapped scoring stage; run with ``.with_options(task_runner=...)`` to choose the runner."""
-    from tasks.models import resolve_model
+    from bertflow.tasks.models import resolve_model
 
     def body(on_metrics, on_progress):
         model_dir = resolve_model(model, ctx.workspace)

@@ -1,13 +1,15 @@
 """The workspace: one directory holding every stage output and the MLflow store.
 
 Default ``./workspace``; overridden by ``--workspace`` or ``$BERTFLOW_WORKSPACE``.
-Stage outputs live at fixed names inside it, so each stage finds its inputs
-without being told, and a lock file keeps two runs from writing it at once.
+Each stage writes the folder named after it (``ingest/``, ``vocab/``, ``mask/``,
+``pretrain/``, ``finetune/``, ``score/``), so a stage finds its inputs without
+being told, and a lock file keeps two runs from writing it at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,10 +17,15 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from bert_core.errors import InputError
+from bertflow.bert_core.config import STAGES
+from bertflow.bert_core.errors import InputError
 
 ENV_VAR = "BERTFLOW_WORKSPACE"
 DEFAULT = "workspace"
+# Folder names before bertflow 0.1 named every folder after its stage; such a workspace is renamed in place.
+LEGACY_NAMES = {"corpus": "ingest", "tokenizer": "vocab", "masked": "mask", "scores": "score"}
+
+log = logging.getLogger(__name__)
 
 
 def resolve(path: str | Path | None = None) -> Path:
@@ -31,29 +38,43 @@ def resolve(path: str | Path | None = None) -> Path:
 class Workspace:
     root: Path
 
-    @property
-    def corpus(self) -> Path:
-        return self.root / "corpus"
+    def stage_dir(self, stage: str) -> Path:
+        """The folder stage ``stage`` writes (named after the stage)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        return self.root / stage
 
     @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
+    def ingest(self) -> Path:
+        return self.stage_dir("ingest")
 
     @property
-    def masked(self) -> Path:
-        return self.root / "masked"
+    def vocab(self) -> Path:
+        return self.stage_dir("vocab")
+
+    @property
+    def mask(self) -> Path:
+        return self.stage_dir("mask")
 
     @property
     def pretrain(self) -> Path:
-        return self.root / "pretrain"
+        return self.stage_dir("pretrain")
 
     @property
     def finetune(self) -> Path:
-        return self.root / "finetune"
+        return self.stage_dir("finetune")
 
     @property
-    def scores(self) -> Path:
-        return self.root / "scores"
+    def score(self) -> Path:
+        return self.stage_dir("score")
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def last_run(self) -> Path:
+        return self.root / "last_run.json"
 
     def ensure(self) -> "Workspace":
         """Create the workspace; an unwritable location is a clear InputError."""
@@ -64,6 +85,21 @@ class Workspace:
         if not os.access(self.root, os.W_OK):
             raise InputError(f"workspace {self.root} is not writable (choose another with --workspace)")
         return self
+
+    def migrate_legacy_names(self) -> list[str]:
+        """Rename folders an older bertflow wrote (``corpus/`` -> ``ingest/``, ...); returns what moved.
+
+        Called under the lock. A folder whose new name is already taken is left alone.
+        """
+        moved = []
+        for old, stage in LEGACY_NAMES.items():
+            src, dst = self.root / old, self.stage_dir(stage)
+            if src.is_dir() and not dst.exists():
+                src.rename(dst)
+                moved.append(f"{old}/ -> {stage}/")
+        if moved:
+            log.warning("workspace %s: renamed %s (folders are now named after their stage)", self.root, ", ".join(moved))
+        return moved
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -77,6 +113,7 @@ class Workspace:
                 "wait for it to finish or use another --workspace"
             ) from None
         try:
+            self.migrate_legacy_names()
             yield
         finally:
             lock.release()

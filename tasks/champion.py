@@ -15,9 +15,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bert_core.stageio import atomic_dir
-from bert_core.vocab import frozen
-from tasks import registry
+from bertflow.bert_core.stageio import atomic_dir
+from bertflow.bert_core.vocab import frozen
+from bertflow.tasks import registry
 
 BASE_TAG = "bertflow.pretrain_base"  # model-version tag: the snapshot directory of its pretrained base
 

@@ -13,7 +13,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag
 
-from tasks import tracking
+from bertflow.tasks import tracking
 
 _DIGEST_LEN = 32  # MLflow stores dataset digests in a 36-character column
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bert_core.finetune.config import FinetuneConfig
-from tasks import champion, registry
-from tasks.stage_runner import TrackingContext
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.tasks import champion, registry
+from bertflow.tasks.stage_runner import TrackingContext
 
 
 def register_finetuned(

@@ -30,8 +30,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from bert_core.errors import InputError
-from tasks import tracking
+from bertflow.bert_core.errors import InputError
+from bertflow.tasks import tracking
 
 HF_ARTIFACT = "hf_model"  # the key of the HF directory among the pyfunc's artifacts
 CANDIDATE = "candidate"
@@ -48,7 +48,7 @@ class HFClassifierModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from bert_core.finetune.predict import Predictor
+        from bertflow.bert_core.finetune.predict import Predictor
 
         self._predictor = Predictor(context.artifacts[HF_ARTIFACT], device="auto")
 
@@ -96,7 +96,7 @@ def log_model(
     """
     from mlflow.models import Model
 
-    from bert_core.finetune.export import read_meta
+    from bertflow.bert_core.finetune.export import read_meta
 
     hf_dir = Path(hf_dir).resolve()
     if not (hf_dir / "config.json").is_file():

@@ -19,12 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import bert_core
-from bert_core.configtools import to_dict
-from bert_core.stageio import atomic_write_bytes, file_digest
+from bertflow import bert_core
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.stageio import atomic_write_bytes, file_digest
 
 SIDECAR = ".bertflow-stage.json"
-_PACKAGES = {"ingest": "ingest", "vocab": "vocab", "mask": "maskgen", "pretrain": "pretrain",
+_PACKAGES = {"ingest": "ingest", "vocab": "vocab", "mask": "mask", "pretrain": "pretrain",
              "finetune": "finetune", "score": "score"}
 
 

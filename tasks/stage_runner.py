@@ -18,9 +18,9 @@ from prefect import get_run_logger
 from prefect.artifacts import (create_link_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from bert_core.configtools import to_dict
-from bert_core.stageio import MANIFEST, StageResult
-from tasks import lineage, reuse, tracking
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.stageio import MANIFEST, StageResult
+from bertflow.tasks import lineage, reuse, tracking
 
 
 @dataclass(frozen=True)

@@ -15,19 +15,19 @@ from typing import Any
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from bert_core.finetune.config import FinetuneConfig
-from bert_core.flowconfig import FlowConfig
-from bert_core.ingest.config import IngestConfig
-from bert_core.maskgen.config import MaskConfig
-from bert_core.pretrain.config import PretrainConfig
-from bert_core.score.config import ScoreConfig
-from bert_core.vocab.config import VocabConfig
-from tasks import reuse
-from tasks.stage_runner import TrackingContext, run_stage
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.flowconfig import FlowConfig
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.mask.config import MaskConfig
+from bertflow.bert_core.pretrain.config import PretrainConfig
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.vocab.config import VocabConfig
+from bertflow.tasks import reuse
+from bertflow.tasks.stage_runner import TrackingContext, run_stage
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
     """Retry transient failures only: bad input/config or a timeout fails at once (a retry would repeat it)."""
-    from bert_core.errors import BertflowError
+    from bertflow.bert_core.errors import BertflowError
 
     try:
         state.result()
@@ -63,7 +63,7 @@ def configured(stage_task: Task, flow_cfg: FlowConfig) -> Task:
 @task(name="ingest", **IO_OPTIONS)
 def ingest(ctx: TrackingContext, cfg: IngestConfig, out_dir: str) -> dict[str, Any]:
     """Raw files -> clean, deduplicated, sharded Parquet corpus."""
-    from bert_core.ingest.stage import run
+    from bertflow.bert_core.ingest.stage import run
 
     return run_stage("ingest", ctx, cfg, lambda m, p: run(cfg, out_dir, on_progress=p), out_dir,
                      inputs={"files": list(cfg.inputs)})
@@ -72,7 +72,7 @@ def ingest(ctx: TrackingContext, cfg: IngestConfig, out_dir: str) -> dict[str, A
 @task(name="vocab", **IO_OPTIONS)
 def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str) -> dict[str, Any]:
     """Corpus -> WordPiece tokenizer directory."""
-    from bert_core.vocab.stage import run
+    from bertflow.bert_core.vocab.stage import run
 
     return run_stage(
         "vocab", ctx, cfg, lambda m, p: run(cfg, corpus_dir, out_dir, on_progress=p), out_dir, inputs={"corpus": corpus_dir}
@@ -82,7 +82,7 @@ def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str)
 @task(name="vocab-frozen", **IO_OPTIONS)
 def frozen_vocab(ctx: TrackingContext, base_model_dir: str, out_dir: str) -> dict[str, Any]:
     """The base model's own tokenizer as the vocab stage's output (continuing pretraining keeps its ids)."""
-    from bert_core.vocab.frozen import run
+    from bertflow.bert_core.vocab.frozen import run
 
     return run_stage("vocab", ctx, {"frozen_from": base_model_dir}, lambda m, p: run(base_model_dir, out_dir),
                      out_dir, inputs={"base_model": base_model_dir})
@@ -91,7 +91,7 @@ def frozen_vocab(ctx: TrackingContext, base_model_dir: str, out_dir: str) -> dic
 @task(name="mask", **IO_OPTIONS)
 def mask(ctx: TrackingContext, cfg: MaskConfig, corpus_dir: str, tokenizer_dir: str, out_dir: str) -> dict[str, Any]:
     """Corpus + tokenizer -> masked-data Parquet shards."""
-    from bert_core.maskgen.stage import run
+    from bertflow.bert_core.mask.stage import run
 
     return run_stage(
         "mask",
@@ -113,7 +113,7 @@ def pretrain(
     costs at most ``checkpoint_every`` steps). When config or data changed, the old
     training directory is moved to ``<out_dir>.previous`` and training starts afresh.
     """
-    from bert_core.pretrain.stage import run
+    from bertflow.bert_core.pretrain.stage import run
 
     inputs = {"data": data_dir, "tokenizer": tokenizer_dir}
     _claim_training_dir(out_dir, reuse.stage_key("pretrain", cfg, inputs))
@@ -147,8 +147,8 @@ def _claim_training_dir(out_dir: str, key: str) -> None:
 @task(name="finetune", **_TRAIN)
 def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out_dir: str) -> dict[str, Any]:
     """Base BERT + labeled data -> classifier, logged and registered in MLflow as `candidate`."""
-    from bert_core.finetune.stage import run
-    from tasks.models import register_finetuned
+    from bertflow.bert_core.finetune.stage import run
+    from bertflow.tasks.models import register_finetuned
 
     summary = run_stage(
         "finetune",
@@ -168,8 +168,8 @@ def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out
 @task(name="score", **IO_OPTIONS)
 def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> dict[str, Any]:
     """Parquet lake + model (MLflow URI or local HF dir) -> scored Parquet lake."""
-    from bert_core.score.stage import run
-    from tasks.models import resolve_model
+    from bertflow.bert_core.score.stage import run
+    from bertflow.tasks.models import resolve_model
 
     def body(m, p):
         model_dir = resolve_model(model, ctx.workspace)

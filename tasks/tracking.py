@@ -20,7 +20,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from bert_core.configtools import flatten
+from bertflow.bert_core.configtools import flatten
 
 MAX_PARAM_LEN = 6000
 
@@ -40,7 +40,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
-    from bert_core.errors import InputError
+    from bertflow.bert_core.errors import InputError
 
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:

@@ -61,7 +61,7 @@ TINY_OVERRIDES = ["pretrain.max_steps=30"]
 @pytest.fixture(scope="session")
 def tiny_pipeline(prefect_harness, tmp_path_factory):
     """One full tiny pipeline run on the bundled sample, shared by every test that needs its outputs."""
-    from flows.pipeline import pipeline
+    from bertflow.flows.pipeline import pipeline
 
     ws = tmp_path_factory.mktemp("tiny-ws")
     cwd = os.getcwd()

@@ -43,12 +43,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bert_core.errors import BertflowError
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.stage import run as ingest
-from bert_core.score.config import ScoreConfig
-from bert_core.score.stage import output_dataset, run as score
-from bert_core.stageio import read_manifest
+from bertflow.bert_core.errors import BertflowError
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.stage import run as ingest
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.stage import output_dataset, run as score
+from bertflow.bert_core.stageio import read_manifest
 from tests.conftest import corpus_texts
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,

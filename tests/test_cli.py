@@ -14,7 +14,7 @@ def bertflow(args, cwd, env_extra=None, timeout=240):
     env = dict(os.environ)
     env.update(env_extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "flows", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "bertflow", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -80,7 +80,7 @@ def test_bad_inputs_fail_cleanly_and_keep_earlier_outputs(repo_root, tmp_path, a
     ok = bertflow(["ingest", "-c", "configs/tiny.yaml", "-w", str(ws)], repo_root, api_env)
     assert ok.returncode == 0, ok.stderr
     assert "mlflow ui --backend-store-uri" in ok.stdout
-    manifest = (ws / "corpus" / "manifest.json").read_text()
+    manifest = (ws / "ingest" / "manifest.json").read_text()
 
     missing = bertflow(["ingest", "-c", "configs/tiny.yaml", "--set", "ingest.inputs=[no/such/dir/*.txt]", "-w", str(ws)],
                        repo_root, api_env)
@@ -92,8 +92,8 @@ def test_bad_inputs_fail_cleanly_and_keep_earlier_outputs(repo_root, tmp_path, a
                     repo_root, api_env)
     assert_clean_error(proc, "no documents")
 
-    assert (ws / "corpus" / "manifest.json").read_text() == manifest  # the good corpus survived both failures
-    assert list((ws / "corpus").glob("shard-*.parquet"))
+    assert (ws / "ingest" / "manifest.json").read_text() == manifest  # the good corpus survived both failures
+    assert list((ws / "ingest").glob("shard-*.parquet"))
 
 
 def test_tracking_server_down_fails_fast(repo_root, tmp_path, api_env):
@@ -103,13 +103,13 @@ def test_tracking_server_down_fails_fast(repo_root, tmp_path, api_env):
     proc = bertflow(["ingest", "-c", "configs/tiny.yaml", "-w", str(tmp_path)], repo_root,
                     {**api_env, "MLFLOW_TRACKING_URI": down}, timeout=120)
     assert_clean_error(proc, f"MLflow tracking server {down} is not reachable")
-    assert not (tmp_path / "corpus").exists()
+    assert not (tmp_path / "ingest").exists()
 
 
 def test_flow_parameter_of_the_wrong_type_is_rejected(prefect_harness, tmp_path):
     from prefect.exceptions import ParameterTypeError
 
-    from flows.pipeline import pipeline
+    from bertflow.flows.pipeline import pipeline
 
     with pytest.raises(ParameterTypeError):
         pipeline(config="configs/tiny.yaml", workspace=str(tmp_path), stages="ingest,vocab,oops")  # not a list

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bert_core.config import PipelineConfig, load_config
-from bert_core.configtools import apply_overrides, flatten, to_dict
-from bert_core.errors import ConfigError
+from bertflow.bert_core.config import PipelineConfig, load_config
+from bertflow.bert_core.configtools import apply_overrides, flatten, to_dict
+from bertflow.bert_core.errors import ConfigError
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "base"])

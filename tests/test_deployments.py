@@ -84,7 +84,7 @@ def test_serve_py_matches_prefect_yaml():
     """Single-box users (serve.py) get the same schedules and parameters as work-pool users (prefect.yaml)."""
     import yaml
 
-    from deployments.serve import build
+    from bertflow.deployments.serve import build
 
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}

@@ -30,20 +30,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bert_core.errors import BertflowError, InputError
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.stage import run as ingest
-from bert_core.maskgen.config import MaskConfig
-from bert_core.maskgen.stage import run as mask
-from bert_core.maskgen.testing import synthetic_documents, train_wordpiece
-from bert_core.pretrain import checkpoint as ckpt
-from bert_core.pretrain.config import PretrainConfig
-from bert_core.pretrain.stage import run as pretrain
-from bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
-from bert_core.score.commit import LOCK_NAME, output_lock
-from bert_core.score.config import ScoreConfig
-from bert_core.score.stage import plan, run as score, score_file
-from bert_core.stageio import dir_digest, file_digest
+from bertflow.bert_core.errors import BertflowError, InputError
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.stage import run as ingest
+from bertflow.bert_core.mask.config import MaskConfig
+from bertflow.bert_core.mask.stage import run as mask
+from bertflow.bert_core.mask.testing import synthetic_documents, train_wordpiece
+from bertflow.bert_core.pretrain import checkpoint as ckpt
+from bertflow.bert_core.pretrain.config import PretrainConfig
+from bertflow.bert_core.pretrain.stage import run as pretrain
+from bertflow.bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
+from bertflow.bert_core.score.commit import LOCK_NAME, output_lock
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.stage import plan, run as score, score_file
+from bertflow.bert_core.stageio import dir_digest, file_digest
 from tests.faults import hidden_leftovers
 from tests.test_score import make_lake, read_out
 
@@ -445,8 +445,8 @@ def _cut_copy(model_dir: Path, dest: Path) -> Path:
 
 def test_truncated_model_weights_for_finetune_and_score_are_named(tiny_model, tmp_path):
     """Bug: both raised a raw safetensors SafetensorError; scoring also marked every input file failed."""
-    from bert_core.finetune.config import FinetuneConfig
-    from bert_core.finetune.stage import run as finetune
+    from bertflow.bert_core.finetune.config import FinetuneConfig
+    from bertflow.bert_core.finetune.stage import run as finetune
 
     weights = _cut_copy(tiny_model, tmp_path / "model")
     train = tmp_path / "train.csv"
@@ -516,22 +516,22 @@ def test_workspace_lock_refuses_a_second_pipeline_before_mlflow_and_a_dead_holde
     """Two pipelines on one workspace: the second refuses naming the lock, the MLflow store is untouched."""
     from mlflow.tracking import MlflowClient
 
-    from flows.pipeline import pipeline
-    from flows.workspace import Workspace
+    from bertflow.flows.pipeline import pipeline
+    from bertflow.flows.workspace import Workspace
 
     ws = tmp_path / "ws"
     docs = write_jsonl(tmp_path / "docs.jsonl", 20)
     overrides = [f'ingest.inputs=["{docs}"]', "ingest.workers=1"]
     pipeline(overrides=overrides, workspace=str(ws), stages=["ingest"])
     store = {p.name: file_digest(p) for p in ws.glob("mlflow.db*")}
-    corpus = dir_digest(ws / "corpus")
+    corpus = dir_digest(ws / "ingest")
     assert store
     with held_by_another_process(lambda: Workspace(ws).locked(), tmp_path / "ready"):
         refused = f"another bertflow run is using workspace {rx(ws)} \\(lock {rx(ws / '.bertflow.lock')}\\)"
         with pytest.raises(InputError, match=refused):
             pipeline(overrides=overrides, workspace=str(ws), stages=["ingest"])
         assert {p.name: file_digest(p) for p in ws.glob("mlflow.db*")} == store
-        assert dir_digest(ws / "corpus") == corpus
+        assert dir_digest(ws / "ingest") == corpus
     pipeline(overrides=overrides, workspace=str(ws), stages=["ingest"])  # the killed holder's lock does not block
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -545,8 +545,8 @@ def test_disk_full_in_the_mapped_prefect_scoring_task_is_one_clear_error(tiny_mo
     The body is called directly (``.fn``) in a forked child under a file-size limit; that Prefect does not
     retry such an error (an InputError) is shown with a real flow in ``test_orchestration``.
     """
-    from bert_core.score.stage import plan
-    from flows.score import score_file_task
+    from bertflow.bert_core.score.stage import plan
+    from bertflow.flows.score import score_file_task
 
     lake, out = tmp_path / "lake", tmp_path / "scores"
     lake.mkdir()

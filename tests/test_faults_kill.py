@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bert_core.stageio import MANIFEST, file_digest
+from bertflow.bert_core.stageio import MANIFEST, file_digest
 from tests.conftest import REPO
 from tests.faults import (Killed, KillLog, calibrate, die, hidden_leftovers, kill_at, kill_during, kill_when,
                           visible_parquet, wrap)
@@ -99,8 +99,8 @@ def _check_ingest_output(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def ingest_setup(tmp_path_factory):
     """The bundled books plus two altered copies, one document per paragraph: 6012 docs in 8 shards, spills."""
-    from bert_core.ingest.config import IngestConfig
-    from bert_core.ingest.stage import run
+    from bertflow.bert_core.ingest.config import IngestConfig
+    from bertflow.bert_core.ingest.stage import run
 
     root = tmp_path_factory.mktemp("kill-ingest")
     inputs = root / "in"
@@ -159,9 +159,9 @@ def _check_mask_output(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def mask_setup(tmp_path_factory):
     """A synthetic corpus of 600 docs in 8 shards: 26 work units, dupe_factor 2, 6842 rows in 18 output shards."""
-    from bert_core.maskgen.config import MaskConfig
-    from bert_core.maskgen.stage import run
-    from bert_core.maskgen.testing import synthetic_documents, train_wordpiece, write_corpus
+    from bertflow.bert_core.mask.config import MaskConfig
+    from bertflow.bert_core.mask.stage import run
+    from bertflow.bert_core.mask.testing import synthetic_documents, train_wordpiece, write_corpus
 
     root = tmp_path_factory.mktemp("kill-mask")
     docs = synthetic_documents(600, seed=3)
@@ -205,9 +205,9 @@ def test_mask_kills_landed_mid_run():
 @pytest.fixture(scope="module")
 def pretrain_setup(tmp_path_factory):
     """60 steps of a 2 x 32 BERT with dropout, a checkpoint every 4 steps (the last two kept)."""
-    from bert_core.pretrain.config import PretrainConfig
-    from bert_core.pretrain.stage import run
-    from bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
+    from bertflow.bert_core.pretrain.config import PretrainConfig
+    from bertflow.bert_core.pretrain.stage import run
+    from bertflow.bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
 
     root = tmp_path_factory.mktemp("kill-pretrain")
     data = write_masked_data(root / "data", 300, 32, 300, recipe="full", rows_per_shard=100)
@@ -225,7 +225,7 @@ def pretrain_setup(tmp_path_factory):
 
 
 def _final_checkpoint(out: Path):
-    from bert_core.pretrain import checkpoint as ckpt
+    from bertflow.bert_core.pretrain import checkpoint as ckpt
 
     return ckpt.load_checkpoint(ckpt.list_checkpoints(out)[-1])
 
@@ -250,7 +250,7 @@ def _assert_same_training(out: Path, ref: Path) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_pretrain_kill_then_rerun_resumes_to_the_same_state(pretrain_setup, tmp_path, seed):
-    from bert_core.pretrain import checkpoint as ckpt
+    from bertflow.bert_core.pretrain import checkpoint as ckpt
 
     s = pretrain_setup
     out = tmp_path / "run"
@@ -282,7 +282,7 @@ SCORE_FILES, SCORE_ROWS = 12, 40
 
 @pytest.fixture(scope="module")
 def score_setup(tiny_model, tmp_path_factory):
-    from bert_core.score.stage import run
+    from bertflow.bert_core.score.stage import run
 
     root = tmp_path_factory.mktemp("kill-score")
     lake = root / "lake"
@@ -297,7 +297,7 @@ def score_setup(tiny_model, tmp_path_factory):
 
 def _check_committed(out: Path) -> None:
     """Every output file a ``*.parquet`` glob sees is complete and carries its commit record."""
-    from bert_core.score.commit import read_commit
+    from bertflow.bert_core.score.commit import read_commit
 
     for path in visible_parquet(out):
         record = read_commit(path)
@@ -346,7 +346,7 @@ SWAP_POINTS = {  # where the writer of a new ingest output dies while a previous
 @pytest.mark.parametrize("point", list(SWAP_POINTS))
 def test_kill_at_the_output_swap_never_leaves_the_output_missing(ingest_setup, tmp_path, point):
     """The old output is swapped out and the new one in as one step: a reader always finds one of the two."""
-    from bert_core import stageio
+    from bertflow.bert_core import stageio
 
     s = ingest_setup
     out = tmp_path / "corpus"
@@ -365,7 +365,7 @@ def test_kill_while_deleting_an_old_checkpoint_leaves_only_complete_ones(pretrai
     """Old checkpoints are hidden by one rename before they are deleted: never a half-deleted ``step-*`` dir."""
     import shutil as shutil_module
 
-    from bert_core.pretrain import checkpoint as ckpt
+    from bertflow.bert_core.pretrain import checkpoint as ckpt
 
     def delete_one_file_then_die(path, *args, **kwargs):
         next(p for p in Path(path).iterdir() if p.is_file()).unlink()

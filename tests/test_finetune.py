@@ -15,11 +15,11 @@ import pytest
 import torch
 from tests.test_finetune_support import build_tiny_bert, ner_rows, pair_rows, sentiment_rows, write_conll, write_csv
 
-from bert_core.errors import InputError
-from bert_core.finetune.config import FinetuneConfig
-from bert_core.finetune.predict import Predictor
-from bert_core.finetune.stage import run
-from bert_core.stageio import read_manifest
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.finetune.predict import Predictor
+from bertflow.bert_core.finetune.stage import run
+from bertflow.bert_core.stageio import read_manifest
 
 # One torch thread: the tiny model gains nothing from two, and other test runs may hold the cores.
 FAST = dict(
@@ -162,7 +162,7 @@ def test_eval_digest_is_content_not_order(tiny_bert, tmp_path, seq_run):
     """The same evaluation set gives the same digest (promotion compares like with like)."""
     _, result, _ = seq_run
     rows = sentiment_rows(300, seed=0)
-    from bert_core.finetune.data import load_data
+    from bertflow.bert_core.finetune.data import load_data
 
     cfg = FinetuneConfig(train_path=str(write_csv(tmp_path / "t.csv", ["text", "label"], rows[::-1])), **FAST)
     data = load_data(cfg)
@@ -210,11 +210,11 @@ def test_minilm_checkpoint_loads_and_trains(minilm_dir, tmp_path):
 def test_early_stopping_keeps_the_best_epochs_weights(tiny_bert, tmp_path):
     """A scripted validation metric: 0.5, 0.9, 0.6, 0.7 -> with patience 2 training stops after
     epoch 4 and the model holds exactly the weights it had after epoch 2."""
-    from bert_core.finetune.data import load_data
-    from bert_core.finetune.encode import encode_texts
-    from bert_core.finetune.evaluate import Evaluation
-    from bert_core.finetune.model import build_model, cpu_threads, load_tokenizer
-    from bert_core.finetune.train import train
+    from bertflow.bert_core.finetune.data import load_data
+    from bertflow.bert_core.finetune.encode import encode_texts
+    from bertflow.bert_core.finetune.evaluate import Evaluation
+    from bertflow.bert_core.finetune.model import build_model, cpu_threads, load_tokenizer
+    from bertflow.bert_core.finetune.train import train
 
     train_csv = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(40, seed=6))
     cfg = FinetuneConfig(train_path=str(train_csv), **{**FAST, "epochs": 10, "early_stopping_patience": 2})
@@ -242,8 +242,8 @@ def test_early_stopping_keeps_the_best_epochs_weights(tiny_bert, tmp_path):
 def test_autocast_path_recomputes_final_figures_in_fp32(tiny_bert, tmp_path, monkeypatch):
     """The GPU path (bf16 autocast for training and validation) run with CPU bf16 autocast:
     the reported figures and predictions come from an fp32 pass, so the export reproduces them."""
-    import bert_core.finetune.stage as stage
-    from bert_core.finetune import model as model_mod
+    import bertflow.bert_core.finetune.stage as stage
+    from bertflow.bert_core.finetune import model as model_mod
 
     monkeypatch.setattr(stage, "autocast_dtype", lambda device, bf16: torch.bfloat16 if bf16 else None)
     calls = []
@@ -253,8 +253,8 @@ def test_autocast_path_recomputes_final_figures_in_fp32(tiny_bert, tmp_path, mon
         calls.append(dtype)
         return real_autocast(device, dtype)
 
-    monkeypatch.setattr("bert_core.finetune.train.autocast", spy)
-    monkeypatch.setattr("bert_core.finetune.infer.autocast", spy)
+    monkeypatch.setattr("bertflow.bert_core.finetune.train.autocast", spy)
+    monkeypatch.setattr("bertflow.bert_core.finetune.infer.autocast", spy)
     train_csv = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(90, seed=8))
     result = run(FinetuneConfig(train_path=str(train_csv), **{**FAST, "epochs": 2}), tiny_bert, tmp_path / "out")
     assert torch.bfloat16 in calls and None in calls  # bf16 while training and validating, fp32 at the end
@@ -265,7 +265,7 @@ def test_autocast_path_recomputes_final_figures_in_fp32(tiny_bert, tmp_path, mon
 
 
 def test_autocast_dtype_is_bf16_only_on_capable_cuda(monkeypatch):
-    from bert_core.finetune.model import autocast_dtype
+    from bertflow.bert_core.finetune.model import autocast_dtype
 
     assert autocast_dtype(torch.device("cpu"), True) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

@@ -12,15 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 from tests.test_finetune_support import build_tiny_bert, write_conll, write_csv
 
-from bert_core.errors import InputError
-from bert_core.finetune.batching import bucketed_batches, collate, sorted_batches
-from bert_core.finetune.config import FinetuneConfig
-from bert_core.finetune.conll import parse_conll
-from bert_core.finetune.data import load_data
-from bert_core.finetune.encode import IGNORE, encode_texts, encode_words
-from bert_core.finetune.labels import infer_label_names
-from bert_core.finetune.readers import read_examples
-from bert_core.finetune.split import split_indices
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.finetune.batching import bucketed_batches, collate, sorted_batches
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.finetune.conll import parse_conll
+from bertflow.bert_core.finetune.data import load_data
+from bertflow.bert_core.finetune.encode import IGNORE, encode_texts, encode_words
+from bertflow.bert_core.finetune.labels import infer_label_names
+from bertflow.bert_core.finetune.readers import read_examples
+from bertflow.bert_core.finetune.split import split_indices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bert_core.finetune.metrics import classification_report, confusion_matrix, entity_report, get_entities
+from bertflow.bert_core.finetune.metrics import classification_report, confusion_matrix, entity_report, get_entities
 
 
 def test_classification_report_matches_hand_computation():

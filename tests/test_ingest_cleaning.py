@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bert_core.ingest.clean import Cleaner, normalize_whitespace, strip_control
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.decode import decode_bytes
-from bert_core.ingest.gutenberg import strip_gutenberg
-from bert_core.ingest.sentences import sentence_starts
+from bertflow.bert_core.ingest.clean import Cleaner, normalize_whitespace, strip_control
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.decode import decode_bytes
+from bertflow.bert_core.ingest.gutenberg import strip_gutenberg
+from bertflow.bert_core.ingest.sentences import sentence_starts
 
 REPO = Path(__file__).resolve().parents[1]
 BOOKS = REPO / "data" / "books"

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.schema import CORPUS_SCHEMA
-from bert_core.ingest.stage import run
-from bert_core.stageio import read_manifest
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
+from bertflow.bert_core.ingest.stage import run
+from bertflow.bert_core.stageio import read_manifest
 from tests.conftest import corpus_texts
 
 DOCS = [
@@ -138,12 +138,12 @@ def test_txt_blank_line_mode_splits_classic_mac_cr_only_files(tmp_path):
 
 def test_big_blank_line_file_is_streamed(tmp_path, monkeypatch):
     """Files past the in-memory limit go through the two-pass streaming path, with the same result."""
-    import bert_core.ingest.readers as readers
+    import bertflow.bert_core.ingest.readers as readers
 
     docs = [f"Streamed document {i} with caf\u00e9 and some words." for i in range(3000)]
     src = _compress(tmp_path / "big.txt", "\n\n".join(docs).encode("utf-8"), "gz")
     monkeypatch.setattr(readers, "IN_MEMORY_TXT", 1000)
-    monkeypatch.setattr("bert_core.ingest.decode.CHUNK", 4096)
+    monkeypatch.setattr("bertflow.bert_core.ingest.decode.CHUNK", 4096)
     result = run(_cfg(src, txt_mode="blank_line"), tmp_path / "corpus")
     assert corpus_texts(tmp_path / "corpus") == docs
     assert read_manifest(tmp_path / "corpus")["inputs"][0]["encoding"] == "utf-8"

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bert_core.errors import ConfigError, InputError
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.schema import CORPUS_SCHEMA
-from bert_core.ingest.stage import run
-from bert_core.stageio import read_manifest
+from bertflow.bert_core.errors import ConfigError, InputError
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
+from bertflow.bert_core.ingest.stage import run
+from bertflow.bert_core.stageio import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 BOOKS = REPO / "data" / "books"
@@ -92,7 +92,7 @@ def test_books_manifest_contents(books_corpus):
     assert len(m["corpus_fingerprint"]) == 64 and m["corpus_fingerprint"] == result.details["corpus_fingerprint"]
     encodings = {Path(r["path"]).name: r["encoding"] for r in m["inputs"]}
     assert encodings["11-0.txt.gz"] == "utf-8-sig" and encodings["1080.txt.gz"] == "utf-8"
-    from bert_core.stageio import file_digest
+    from bertflow.bert_core.stageio import file_digest
 
     for record in m["inputs"]:
         assert record["sha256"] == file_digest(record["path"])
@@ -293,8 +293,8 @@ def test_full_gutenberg_ingest_peak_rss_under_1gb(tmp_path):
     """Streaming: the whole shared Gutenberg corpus (150 MB of text) in a subprocess, peak RSS < 1 GB."""
     code = (
         "import json, resource, sys\n"
-        "from bert_core.ingest.config import IngestConfig\n"
-        "from bert_core.ingest.stage import run\n"
+        "from bertflow.bert_core.ingest.config import IngestConfig\n"
+        "from bertflow.bert_core.ingest.stage import run\n"
         "if __name__ == '__main__':\n"
         f"    r = run(IngestConfig(inputs=({str(SHARED / 'gutenberg' / '*.txt.gz')!r},), workers=2), {str(tmp_path / 'c')!r})\n"
         # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would count the forking pytest's RSS

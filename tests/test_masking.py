@@ -1,11 +1,11 @@
-"""Statistical and property tests of the shared NumPy masking (bert_core.maskgen.masking)."""
+"""Statistical and property tests of the shared NumPy masking (bert_core.mask.masking)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bert_core.maskgen.masking import (
+from bertflow.bert_core.mask.masking import (
     IGNORE_INDEX,
     mask_batch,
     mask_tokens,

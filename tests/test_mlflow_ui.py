@@ -32,7 +32,7 @@ def two_pipeline_runs(tiny_pipeline):
     ws, summary = tiny_pipeline
     client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
     if len(parent_runs(client, summary["experiment_id"])) < 2:
-        from flows.pipeline import pipeline
+        from bertflow.flows.pipeline import pipeline
 
         cwd = os.getcwd()
         os.chdir(REPO)

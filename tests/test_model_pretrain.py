@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bert_core.pretrain.attention import _padded_attend, attend
-from bert_core.pretrain.batch import pack_batch
-from bert_core.pretrain.export import export_model
-from bert_core.pretrain.hf_compat import from_hf_state_dict, read_hf_dir, to_hf_state_dict
-from bert_core.pretrain.model import BertForPretraining, ModelConfig
-from bert_core.pretrain.synthetic import write_tokenizer
+from bertflow.bert_core.pretrain.attention import _padded_attend, attend
+from bertflow.bert_core.pretrain.batch import pack_batch
+from bertflow.bert_core.pretrain.export import export_model
+from bertflow.bert_core.pretrain.hf_compat import from_hf_state_dict, read_hf_dir, to_hf_state_dict
+from bertflow.bert_core.pretrain.model import BertForPretraining, ModelConfig
+from bertflow.bert_core.pretrain.synthetic import write_tokenizer
 
 VOCAB = 120
 

@@ -9,9 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
 
-from bert_core.errors import InputError
-from bert_core.flowconfig import FlowConfig
-from tasks import stages as stage_tasks
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.flowconfig import FlowConfig
+from bertflow.tasks import stages as stage_tasks
 from tests.conftest import REPO, TINY_OVERRIDES
 
 
@@ -26,8 +26,8 @@ def test_configured_gives_data_stages_backoff_and_training_stages_a_cap_without_
 
 
 def test_flow_config_rejects_bad_values_naming_the_key():
-    from bert_core.config import load_config
-    from bert_core.errors import ConfigError
+    from bertflow.bert_core.config import load_config
+    from bertflow.bert_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="flow.retries"):
         load_config(None, ["flow.retries=-1"])
@@ -83,8 +83,8 @@ def test_stage_runs_carry_system_metrics(tiny_pipeline):
 @pytest.mark.slow
 def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(prefect_harness, tmp_path):
     """Night 1: no champion, pretrain from scratch, promote and snapshot the base. Night 2: continue from it."""
-    from flows.pipeline import pipeline
-    from tasks.champion import BASE_TAG
+    from bertflow.flows.pipeline import pipeline
+    from bertflow.tasks.champion import BASE_TAG
 
     ws = tmp_path / "ws"
     nightly = [*TINY_OVERRIDES, "flow.continue_from_champion=true", "finetune.epochs=1"]
@@ -111,7 +111,7 @@ def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(pre
     assert parent2.data.params["pretrain.init_from"] == str(base)
     vocab2 = night2["stages"]["vocab"]
     assert vocab2["details"]["frozen_from"] == str(base) and vocab2["metrics"]["frozen"] == 1.0
-    assert (ws / "tokenizer" / "vocab.txt").read_bytes() == (base / "vocab.txt").read_bytes()
+    assert (ws / "vocab" / "vocab.txt").read_bytes() == (base / "vocab.txt").read_bytes()
     assert night2["stages"]["ingest"]["reused"]
     pre2 = night2["stages"]["pretrain"]
     assert pre2["details"]["init_report"] and not pre2["reused"]
@@ -124,7 +124,7 @@ def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(pre
 
 def test_configuring_one_workspace_does_not_leak_its_store_to_the_next(tmp_path, monkeypatch):
     """A served process runs many flows: each workspace keeps its own MLflow store."""
-    from tasks import tracking
+    from bertflow.tasks import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = tracking.configure(tmp_path / "a")

@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bert_core.config import STAGES
+from bertflow.bert_core.config import STAGES
 from tests.conftest import TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
     mv = client.get_model_version_by_alias(reg["name"], "candidate")
     assert str(mv.version) == reg["version"]
-    table = ds.dataset(ws / "scores", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
+    table = ds.dataset(ws / "score", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
     lake = ds.dataset("data/lake" if Path("data/lake").exists() else Path(__file__).parents[1] / "data/lake",
                       format="parquet", partitioning="hive").to_table()
     assert table.num_rows == lake.num_rows
@@ -72,7 +72,7 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, repo_root):
     import os
     import time
 
-    from flows.pipeline import pipeline
+    from bertflow.flows.pipeline import pipeline
 
     ws, first = tiny_run
     cwd = os.getcwd()

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bert_core.pretrain.batch import pack_batch
-from bert_core.pretrain.data import PretrainStream, RowReader, make_loader
-from bert_core.pretrain.inputs import read_data_info
-from bert_core.pretrain.synthetic import write_masked_data
+from bertflow.bert_core.pretrain.batch import pack_batch
+from bertflow.bert_core.pretrain.data import PretrainStream, RowReader, make_loader
+from bertflow.bert_core.pretrain.inputs import read_data_info
+from bertflow.bert_core.pretrain.synthetic import write_masked_data
 
 ROWS, SEQ, VOCAB, BATCH = 90, 24, 200, 8  # 90 rows: not a multiple of the batch, so epochs wrap mid-batch
 

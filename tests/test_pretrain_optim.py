@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from bert_core.pretrain.config import PretrainConfig
-from bert_core.pretrain.lamb import Lamb
-from bert_core.pretrain.model import BertForPretraining, ModelConfig
-from bert_core.pretrain.optim import build_optimizer, param_groups
-from bert_core.pretrain.schedule import Schedule
+from bertflow.bert_core.pretrain.config import PretrainConfig
+from bertflow.bert_core.pretrain.lamb import Lamb
+from bertflow.bert_core.pretrain.model import BertForPretraining, ModelConfig
+from bertflow.bert_core.pretrain.optim import build_optimizer, param_groups
+from bertflow.bert_core.pretrain.schedule import Schedule
 
 
 def lrs(schedule: Schedule, steps: int) -> list[float]:

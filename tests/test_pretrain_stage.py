@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert_core.configtools import from_dict
-from bert_core.errors import ConfigError, InputError
-from bert_core.pretrain import checkpoint as ckpt
-from bert_core.pretrain.batch import pack_batch
-from bert_core.pretrain.config import PretrainConfig
-from bert_core.pretrain.data import RowReader
-from bert_core.pretrain.hf_compat import read_hf_dir
-from bert_core.pretrain.inputs import read_data_info
-from bert_core.pretrain.model import BertForPretraining, ModelConfig
-from bert_core.pretrain.stage import run
-from bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
+from bertflow.bert_core.configtools import from_dict
+from bertflow.bert_core.errors import ConfigError, InputError
+from bertflow.bert_core.pretrain import checkpoint as ckpt
+from bertflow.bert_core.pretrain.batch import pack_batch
+from bertflow.bert_core.pretrain.config import PretrainConfig
+from bertflow.bert_core.pretrain.data import RowReader
+from bertflow.bert_core.pretrain.hf_compat import read_hf_dir
+from bertflow.bert_core.pretrain.inputs import read_data_info
+from bertflow.bert_core.pretrain.model import BertForPretraining, ModelConfig
+from bertflow.bert_core.pretrain.stage import run
+from bertflow.bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
 from tests.conftest import REPO
 
 VOCAB, SEQ = 300, 32
@@ -152,7 +152,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(inputs, tmp_pa
 
 def test_kill_9_then_rerun_continues_from_the_last_checkpoint(inputs, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "bert_core.pretrain", "--data", str(inputs["full"]), "--tokenizer",
+    args = [sys.executable, "-m", "bertflow.bert_core.pretrain", "--data", str(inputs["full"]), "--tokenizer",
             str(inputs["tok"]), "--out", str(out), "--quiet"]
     for key in ("hidden_size=64", "num_layers=2", "num_heads=2", "intermediate_size=128",
                 "max_position_embeddings=64", "batch_size=16", "device=cpu", "num_workers=0", "max_steps=60",
@@ -249,7 +249,7 @@ def test_wall_clock_budget_ends_the_run_with_the_lr_at_its_floor(inputs, tmp_pat
 def test_torchrun_two_cpu_processes_train_and_checkpoint(inputs, tmp_path):
     out = tmp_path / "ddp"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "bert_core.pretrain", "--data", str(inputs["nsp"]), "--tokenizer", str(inputs["tok"]),
+            "-m", "bertflow.bert_core.pretrain", "--data", str(inputs["nsp"]), "--tokenizer", str(inputs["tok"]),
             "--out", str(out), "--quiet"]
     for key in ("hidden_size=64", "num_layers=2", "num_heads=2", "intermediate_size=128",
                 "max_position_embeddings=64", "batch_size=8", "device=cpu", "num_workers=0", "max_steps=6",
@@ -270,7 +270,7 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(inputs, tmp_path):
 
 
 def test_cli_reports_a_bad_key_on_one_line(inputs, tmp_path, capsys):
-    from bert_core.pretrain.__main__ import main
+    from bertflow.bert_core.pretrain.__main__ import main
 
     code = main(["--data", str(inputs["full"]), "--tokenizer", str(inputs["tok"]), "--out", str(tmp_path),
                  "--set", "learning_rate=1"])

@@ -15,9 +15,9 @@ from tests.test_finetune_support import build_tiny_bert
 
 mlflow = pytest.importorskip("mlflow")
 
-from bert_core.errors import InputError  # noqa: E402
-from bert_core.finetune.predict import Predictor  # noqa: E402
-from tasks import registry  # noqa: E402
+from bertflow.bert_core.errors import InputError  # noqa: E402
+from bertflow.bert_core.finetune.predict import Predictor  # noqa: E402
+from bertflow.tasks import registry  # noqa: E402
 
 NAME = "test-clf"
 TEXTS = ["the cat sat great", "awful river", "okay window", "zanderbrook walked"]
@@ -28,7 +28,7 @@ def _hf_classifier(base: Path, dst: Path, seed: int) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bert_core.finetune.export import export_model
+    from bertflow.bert_core.finetune.export import export_model
 
     torch.manual_seed(seed)
     names = ["neg", "neu", "pos"]

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bert_core.errors import InputError
-from bert_core.score.config import ScoreConfig
-from bert_core.score.stage import FileJob, output_dataset, output_lock, plan, run, score_file
-from bert_core.stageio import read_manifest
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.stage import FileJob, output_dataset, output_lock, plan, run, score_file
+from bertflow.bert_core.stageio import read_manifest
 from tests.conftest import LABELS, REPO, sentence  # the tiny_model fixture lives in conftest too
 
 
@@ -273,8 +273,8 @@ def test_filejob_round_trips_through_pickle(tiny_model, tmp_path):
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from bert_core.score.config import ScoreConfig
-    from bert_core.score.stage import run
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.stage import run
     lake, model, out = sys.argv[1:4]
     cfg = ScoreConfig(input=lake, batch_size=8, sort_window=2, max_length=32, device="cpu")
     run(cfg, model, out, on_progress=lambda done, total: time.sleep(0.15))  # slow enough to be killed mid-run

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bert_core.errors import ConfigError, InputError
-from bert_core.score.config import ScoreConfig
-from bert_core.score.filters import bind_filter, parse_filter
-from bert_core.score.lake import discover, output_path, output_relpath, partition_of, sanitize_partition_value
+from bertflow.bert_core.errors import ConfigError, InputError
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.filters import bind_filter, parse_filter
+from bertflow.bert_core.score.lake import discover, output_path, output_relpath, partition_of, sanitize_partition_value
 
 SCHEMA = pa.schema([("id", pa.int64()), ("lang", pa.string()), ("n", pa.int32()), ("x", pa.float64()),
                     ("ok", pa.bool_()), ("ts", pa.timestamp("us")), ("text", pa.string())])
@@ -162,7 +162,7 @@ def test_config_rejects_bad_values(kwargs, message):
 
 
 def test_config_loads_from_yaml_style_dict():
-    from bert_core.configtools import from_dict
+    from bertflow.bert_core.configtools import from_dict
 
     cfg = from_dict(ScoreConfig, {"key_columns": ["id"], "sort_window": 8, "non_string_text": "cast"}, "score")
     assert cfg.key_columns == ("id",) and cfg.sort_window == 8

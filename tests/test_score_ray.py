@@ -5,14 +5,14 @@ from __future__ import annotations
 import pyarrow.compute as pc
 import pytest
 
-from bert_core.config import load_config
+from bertflow.bert_core.config import load_config
 from tests.conftest import REPO, TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
 
 def _sorted_predictions(path):
-    from bert_core.score.stage import output_dataset
+    from bertflow.bert_core.score.stage import output_dataset
 
     table = output_dataset(path).to_table(columns=["id", "label", "score", "error"])
     return table.take(pc.sort_indices(table, [("id", "ascending")])).to_pydict()
@@ -22,9 +22,9 @@ def test_ray_runner_gives_the_local_output(tiny_pipeline, tmp_path):
     pytest.importorskip("prefect_ray")
     from prefect import flow
 
-    from flows.score import run_score_stage
-    from tasks import tracking
-    from tasks.stage_runner import TrackingContext
+    from bertflow.flows.score import run_score_stage
+    from bertflow.tasks import tracking
+    from bertflow.tasks.stage_runner import TrackingContext
 
     ws, summary = tiny_pipeline
     cfg = load_config(REPO / "configs/tiny.yaml",
@@ -39,7 +39,7 @@ def test_ray_runner_gives_the_local_output(tiny_pipeline, tmp_path):
 
     result = parent_flow()
     assert result["metrics"]["files_scored"] == 2
-    ray, local = _sorted_predictions(tmp_path / "ray-scores"), _sorted_predictions(ws / "scores")
+    ray, local = _sorted_predictions(tmp_path / "ray-scores"), _sorted_predictions(ws / "score")
     assert ray["id"] == local["id"] and ray["label"] == local["label"] and ray["error"] == local["error"]
     assert [s is None for s in ray["score"]] == [s is None for s in local["score"]]
     assert [s for s in ray["score"] if s is not None] == pytest.approx([s for s in local["score"] if s is not None],

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bert_core.errors import InputError
-from bert_core.safeload import hf_model_kwargs
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.safeload import hf_model_kwargs
 from tests.conftest import REPO
 
 SOURCE_DIRS = ("bert_core", "tasks", "flows", "deployments")
@@ -57,7 +57,7 @@ def models(tmp_path_factory):
     """Tiny BERTs (2 layers x 32 hidden, 300-word vocab) twice: safetensors, and the same weights as a pickle only."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-    from bert_core.pretrain.synthetic import write_tokenizer
+    from bertflow.bert_core.pretrain.synthetic import write_tokenizer
 
     root = tmp_path_factory.mktemp("models")
     config = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
@@ -86,10 +86,10 @@ def tiny_ids() -> torch.Tensor:
 
 
 def _finetune_loads(safe: Path, pickled: Path, tmp_path: Path) -> None:
-    from bert_core.finetune.config import FinetuneConfig
-    from bert_core.finetune.model import build_model
-    from bert_core.finetune.predict import Predictor
-    from bert_core.finetune.stage import run
+    from bertflow.bert_core.finetune.config import FinetuneConfig
+    from bertflow.bert_core.finetune.model import build_model
+    from bertflow.bert_core.finetune.predict import Predictor
+    from bertflow.bert_core.finetune.stage import run
 
     with pytest.raises(InputError, match=r"pytorch_model\.bin.*finetune\.allow_pickle_weights"):
         run(FinetuneConfig(base_model=str(pickled), device="cpu"), pickled, tmp_path / "out")
@@ -107,8 +107,8 @@ def _finetune_loads(safe: Path, pickled: Path, tmp_path: Path) -> None:
 
 
 def _score_loads(safe: Path, pickled: Path, tmp_path: Path) -> None:
-    from bert_core.score.config import ScoreConfig
-    from bert_core.score.model import load_classifier
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.model import load_classifier
 
     with pytest.raises(InputError, match=r"pytorch_model\.bin.*score\.allow_pickle_weights"):
         load_classifier(pickled, ScoreConfig(device="cpu"))
@@ -122,10 +122,10 @@ def _score_loads(safe: Path, pickled: Path, tmp_path: Path) -> None:
 
 
 def _pretrain_loads(safe: Path, pickled: Path, tmp_path: Path) -> None:
-    from bert_core.pretrain.config import PretrainConfig
-    from bert_core.pretrain.hf_compat import read_hf_dir
-    from bert_core.pretrain.stage import run
-    from bert_core.pretrain.synthetic import write_masked_data
+    from bertflow.bert_core.pretrain.config import PretrainConfig
+    from bertflow.bert_core.pretrain.hf_compat import read_hf_dir
+    from bertflow.bert_core.pretrain.stage import run
+    from bertflow.bert_core.pretrain.synthetic import write_masked_data
 
     data = write_masked_data(tmp_path / "data", 16, 16, VOCAB)
     tiny = dict(batch_size=4, max_steps=1, warmup_steps=0, device="cpu", num_workers=0, checkpoint_every=1,
@@ -150,7 +150,7 @@ def test_rule1_pickle_weights_are_refused_unless_opted_in(stage, models, tmp_pat
     assert not list(pickled.glob("*.safetensors"))
     loads(safe, pickled, tmp_path)
     assert hf_model_kwargs(False)["use_safetensors"] is True
-    from bert_core.config import load_config
+    from bertflow.bert_core.config import load_config
 
     assert getattr(load_config(None, []), stage).allow_pickle_weights is False
     assert getattr(load_config(None, [f"{stage}.allow_pickle_weights=true"]), stage).allow_pickle_weights is True
@@ -199,7 +199,7 @@ class _Payload:
 
 @pytest.mark.parametrize("victim", ["optimizer.pt", "rng.pt"])
 def test_rule2_a_checkpoint_holding_a_pickled_object_is_refused_unrun(victim, tmp_path):
-    from bert_core.pretrain import checkpoint as ckpt
+    from bertflow.bert_core.pretrain import checkpoint as ckpt
 
     marker = tmp_path / "marker"
     step = ckpt.save_checkpoint(tmp_path / "run", 5, {"w": torch.ones(2)}, {"state": {}, "param_groups": []},
@@ -270,9 +270,9 @@ def test_rule3_auto_map_code_in_a_model_dir_never_runs(model_type, models, tmp_p
     told ``trust_remote_code``; here every such question is answered "y", so a loader that leaves it
     unset runs the payload (the control test below shows the payload does run when trusted).
     """
-    from bert_core.finetune.model import build_model, load_finetuned, load_tokenizer
-    from bert_core.score.config import ScoreConfig
-    from bert_core.score.model import load_classifier
+    from bertflow.bert_core.finetune.model import build_model, load_finetuned, load_tokenizer
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.model import load_classifier
 
     monkeypatch.setattr("builtins.input", lambda *a, **k: "y")
     marker = tmp_path / "marker"
@@ -329,9 +329,9 @@ def _write_input(path: Path, fmt: str, column: str, rows: list[str]) -> None:
 
 
 def test_rule4_hostile_column_names_and_paths_are_data_not_sql(tmp_path):
-    from bert_core.ingest.config import IngestConfig
-    from bert_core.ingest.discover import InputFile, classify
-    from bert_core.ingest.readers import FileRejected, ReadStats, iter_raw_documents
+    from bertflow.bert_core.ingest.config import IngestConfig
+    from bertflow.bert_core.ingest.discover import InputFile, classify
+    from bertflow.bert_core.ingest.readers import FileRejected, ReadStats, iter_raw_documents
 
     marker = tmp_path / "pwned"
     read = rejected = 0
@@ -394,8 +394,8 @@ def test_rule4_sql_text_interpolates_only_quoted_identifiers_and_constants():
 
 
 def test_rule4_score_filters_and_columns_with_hostile_text_stay_literal(models, tmp_path):
-    from bert_core.score.config import ScoreConfig
-    from bert_core.score.stage import output_dataset, run
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.stage import output_dataset, run
 
     marker = tmp_path / "pwned"
     hostile_value = f"'; COPY (SELECT 1) TO '{marker}'; --"
@@ -420,8 +420,8 @@ def test_rule4_score_filters_and_columns_with_hostile_text_stay_literal(models, 
 
 
 def test_rule5_partition_values_and_symlinks_cannot_write_outside_the_output(models, tmp_path):
-    from bert_core.score.config import ScoreConfig
-    from bert_core.score.stage import output_dataset, run
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.stage import output_dataset, run
 
     world = tmp_path / "world"
     lake, outside, elsewhere = world / "lake", world / "outside", world / "elsewhere"
@@ -450,7 +450,7 @@ def test_rule5_partition_values_and_symlinks_cannot_write_outside_the_output(mod
 
 def test_rule5_an_mlflow_model_cannot_point_scoring_outside_its_directory(models, tmp_path):
     """``MLmodel`` arrives with a downloaded model: its ``hf_model`` path may not lead out of the download."""
-    from tasks.registry import resolve_model_dir
+    from bertflow.tasks.registry import resolve_model_dir
 
     shutil.copytree(models["clf"][0], tmp_path / "elsewhere")
     model = tmp_path / "model"

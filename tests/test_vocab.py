@@ -9,13 +9,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bert_core.errors import ConfigError, InputError
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.stage import run as ingest
-from bert_core.stageio import file_digest, read_manifest
-from bert_core.vocab.config import VocabConfig
-from bert_core.vocab.stage import run, tokenizer_fingerprint
-from bert_core.vocab.tokenizer import SPECIAL_TOKENS, from_vocab_file
+from bertflow.bert_core.errors import ConfigError, InputError
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.stage import run as ingest
+from bertflow.bert_core.stageio import file_digest, read_manifest
+from bertflow.bert_core.vocab.config import VocabConfig
+from bertflow.bert_core.vocab.stage import run, tokenizer_fingerprint
+from bertflow.bert_core.vocab.tokenizer import SPECIAL_TOKENS, from_vocab_file
 
 REPO = Path(__file__).resolve().parents[1]
 BOOKS = REPO / "data" / "books"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bert_core.finetune.encode import IGNORE, Encoded
+from bertflow.bert_core.finetune.encode import IGNORE, Encoded
 
 
 def bucketed_batches(

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bert_core.finetune.examples import Examples, TaggedExamples
-from bert_core.finetune.infer import SequenceOutputs, TokenOutputs
+from bertflow.bert_core.finetune.examples import Examples, TaggedExamples
+from bertflow.bert_core.finetune.infer import SequenceOutputs, TokenOutputs
 
 SAMPLE = 64  # validation examples re-predicted from the export
 TOLERANCE = 5e-3  # probabilities differ by float noise when batches are shaped differently (or TF32 is on)
@@ -23,7 +23,7 @@ def compare_with_export(
     Labels must match wherever the winning probability is above 0.5 + tolerance (no
     near-tie that float noise could flip).
     """
-    from bert_core.finetune.predict import Predictor
+    from bertflow.bert_core.finetune.predict import Predictor
 
     k = min(SAMPLE, len(valid))
     predictor = Predictor(model_dir, device=str(device), batch_size=batch_size)

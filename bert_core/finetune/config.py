@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bert_core.configtools import check
+from bertflow.bert_core.configtools import check
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import gzip
 from collections.abc import Iterable
 from pathlib import Path
 
-from bert_core.errors import InputError
-from bert_core.finetune.examples import TaggedExamples
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.finetune.examples import TaggedExamples
 
 DOCSTART = "-DOCSTART-"
 

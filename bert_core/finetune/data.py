@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bert_core.errors import InputError
-from bert_core.finetune.config import FinetuneConfig
-from bert_core.finetune.examples import Examples, TaggedExamples, TextExamples
-from bert_core.finetune.labels import encode_labels, encode_tags, infer_label_names
-from bert_core.finetune.readers import read_examples
-from bert_core.finetune.split import split_indices
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.finetune.examples import Examples, TaggedExamples, TextExamples
+from bertflow.bert_core.finetune.labels import encode_labels, encode_tags, infer_label_names
+from bertflow.bert_core.finetune.readers import read_examples
+from bertflow.bert_core.finetune.split import split_indices
 
 
 @dataclass

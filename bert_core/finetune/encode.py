@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 IGNORE = -100
 _CHUNK = 4096  # examples per tokenizer call: bounds peak memory on large files

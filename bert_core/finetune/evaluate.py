@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bert_core.finetune.examples import Examples, TaggedExamples, TextExamples
-from bert_core.finetune.infer import SequenceOutputs, TokenOutputs
-from bert_core.finetune.metrics import classification_report, entity_report
+from bertflow.bert_core.finetune.examples import Examples, TaggedExamples, TextExamples
+from bertflow.bert_core.finetune.infer import SequenceOutputs, TokenOutputs
+from bertflow.bert_core.finetune.metrics import classification_report, entity_report
 
 HEADLINE = {"sequence": "accuracy", "token": "entity_f1"}  # the metric early stopping and promotion use
 

@@ -19,7 +19,7 @@ def export_model(model, tokenizer, dst: str | Path, meta: dict[str, Any], base_d
     """
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    from bert_core.finetune.model import quiet_transformers
+    from bertflow.bert_core.finetune.model import quiet_transformers
 
     with quiet_transformers():
         model.save_pretrained(str(dst))

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bert_core.finetune.batching import collate, sorted_batches
-from bert_core.finetune.encode import Encoded
-from bert_core.finetune.model import autocast
+from bertflow.bert_core.finetune.batching import collate, sorted_batches
+from bertflow.bert_core.finetune.encode import Encoded
+from bertflow.bert_core.finetune.model import autocast
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 
 def infer_label_names(values: Iterable[str]) -> list[str]:

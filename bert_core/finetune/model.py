@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from bert_core.errors import ConfigError, InputError
-from bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
+from bertflow.bert_core.errors import ConfigError, InputError
+from bertflow.bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
 
 
 def check_model_dir(path: str | Path, what: str = "base model") -> Path:

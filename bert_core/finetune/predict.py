@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_core.finetune.encode import encode_texts, encode_words
-from bert_core.finetune.export import read_meta
-from bert_core.finetune.infer import SequenceOutputs, TokenOutputs, infer
-from bert_core.finetune.model import autocast_dtype, check_model_dir, load_finetuned, load_tokenizer, resolve_device
+from bertflow.bert_core.finetune.encode import encode_texts, encode_words
+from bertflow.bert_core.finetune.export import read_meta
+from bertflow.bert_core.finetune.infer import SequenceOutputs, TokenOutputs, infer
+from bertflow.bert_core.finetune.model import autocast_dtype, check_model_dir, load_finetuned, load_tokenizer, resolve_device
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from bert_core.errors import InputError
-from bert_core.finetune.conll import read_conll
-from bert_core.finetune.examples import Examples, TaggedExamples, TextExamples
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.finetune.conll import read_conll
+from bertflow.bert_core.finetune.examples import Examples, TaggedExamples, TextExamples
 
 Format = Literal["parquet", "csv", "tsv", "conll"]
 

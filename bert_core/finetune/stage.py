@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from bert_core.configtools import to_dict
-from bert_core.finetune.check_export import compare_with_export
-from bert_core.finetune.config import FinetuneConfig
-from bert_core.finetune.data import LabelledData, load_data
-from bert_core.finetune.encode import Encoded, encode_texts, encode_words, require_fast
-from bert_core.finetune.evaluate import HEADLINE, Evaluation, evaluate, predictions_table
-from bert_core.finetune.export import export_model
-from bert_core.finetune.infer import infer
-from bert_core.finetune.model import (
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.finetune.check_export import compare_with_export
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.finetune.data import LabelledData, load_data
+from bertflow.bert_core.finetune.encode import Encoded, encode_texts, encode_words, require_fast
+from bertflow.bert_core.finetune.evaluate import HEADLINE, Evaluation, evaluate, predictions_table
+from bertflow.bert_core.finetune.export import export_model
+from bertflow.bert_core.finetune.infer import infer
+from bertflow.bert_core.finetune.model import (
     autocast_dtype,
     build_model,
     check_model_dir,
@@ -35,10 +35,10 @@ from bert_core.finetune.model import (
     max_positions,
     resolve_device,
 )
-from bert_core.finetune.plots import save_confusion_png
-from bert_core.finetune.train import train
-from bert_core.safeload import require_safe_weights
-from bert_core.stageio import MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, files_digest, write_manifest
+from bertflow.bert_core.finetune.plots import save_confusion_png
+from bertflow.bert_core.finetune.train import train
+from bertflow.bert_core.safeload import require_safe_weights
+from bertflow.bert_core.stageio import MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, files_digest, write_manifest
 
 STAGE = "finetune"
 

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bert_core.finetune.batching import bucketed_batches, collate
-from bert_core.finetune.config import FinetuneConfig
-from bert_core.finetune.encode import IGNORE, Encoded
-from bert_core.finetune.evaluate import Evaluation
-from bert_core.finetune.model import autocast
-from bert_core.stageio import MetricsFn, ProgressFn
+from bertflow.bert_core.finetune.batching import bucketed_batches, collate
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.finetune.encode import IGNORE, Encoded
+from bertflow.bert_core.finetune.evaluate import Evaluation
+from bertflow.bert_core.finetune.model import autocast
+from bertflow.bert_core.stageio import MetricsFn, ProgressFn
 
 
 @dataclass

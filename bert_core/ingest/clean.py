@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.gutenberg import strip_gutenberg
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.gutenberg import strip_gutenberg
 
 # C0/C1 controls except \t \n \r, DEL, and stray byte-order marks inside text
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")

@@ -6,7 +6,7 @@ import codecs
 from dataclasses import dataclass
 from typing import Literal
 
-from bert_core.configtools import check
+from bertflow.bert_core.configtools import check
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 FORMATS = {
     ".txt": "txt",

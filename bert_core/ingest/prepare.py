@@ -12,11 +12,11 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bert_core.ingest.clean import Cleaner
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.discover import InputFile
-from bert_core.ingest.readers import ReadStats, iter_raw_documents
-from bert_core.ingest.sentences import sentence_starts
+from bertflow.bert_core.ingest.clean import Cleaner
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.discover import InputFile
+from bertflow.bert_core.ingest.readers import ReadStats, iter_raw_documents
+from bertflow.bert_core.ingest.sentences import sentence_starts
 
 
 @dataclass
@@ -88,7 +88,7 @@ def init_worker(cfg: IngestConfig, stage_pid: int | None = None) -> None:
     """Process-pool initializer: one Preparer per worker process (which ends if the stage process dies)."""
     global _worker
     if stage_pid is not None:
-        from bert_core.orphans import exit_with
+        from bertflow.bert_core.orphans import exit_with
 
         exit_with(stage_pid)
     _worker = Preparer(cfg)

@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bert_core.ingest.config import IngestConfig
-from bert_core.arrowtext import is_valid_utf8, raw_bytes
-from bert_core.ingest.decode import (
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.arrowtext import is_valid_utf8, raw_bytes
+from bertflow.bert_core.ingest.decode import (
     StreamDecoder,
     Undecodable,
     check_not_binary,
@@ -34,8 +34,8 @@ from bert_core.ingest.decode import (
     open_binary,
     read_all,
 )
-from bert_core.ingest.discover import InputFile
-from bert_core.stageio import disk_full_as_input_error
+from bertflow.bert_core.ingest.discover import InputFile
+from bertflow.bert_core.stageio import disk_full_as_input_error
 
 IN_MEMORY_TXT = 64 << 20  # blank-line .txt files up to this size (decompressed) are split in memory
 MAX_DOCUMENT_FILE = 512 << 20  # a one-document .txt file bigger than this (decompressed) is rejected

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bert_core.ingest.schema import CORPUS_SCHEMA
+from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
 
 ROW_GROUP_BYTES = 8 << 20
 _COLUMNS = CORPUS_SCHEMA.names

@@ -23,16 +23,16 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bert_core.configtools import to_dict
-from bert_core.errors import InputError
-from bert_core.ingest.config import IngestConfig
-from bert_core.ingest.discover import InputFile, discover
-from bert_core.ingest.prepare import PreparedBatch, Preparer, init_worker, prepare_file_in_worker, prepare_in_worker
-from bert_core.ingest.readers import FileRejected, ReadStats, iter_raw_documents
-from bert_core.ingest.schema import CORPUS_SCHEMA
-from bert_core.ingest.sentences import SPLITTER_VERSION
-from bert_core.ingest.shards import FileStaging, ShardWriter
-from bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, write_manifest
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.discover import InputFile, discover
+from bertflow.bert_core.ingest.prepare import PreparedBatch, Preparer, init_worker, prepare_file_in_worker, prepare_in_worker
+from bertflow.bert_core.ingest.readers import FileRejected, ReadStats, iter_raw_documents
+from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
+from bertflow.bert_core.ingest.sentences import SPLITTER_VERSION
+from bertflow.bert_core.ingest.shards import FileStaging, ShardWriter
+from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, write_manifest
 
 MiB = 1 << 20
 DROP_REASONS = ("null_text", "empty", "too_short", "duplicate")
@@ -353,6 +353,6 @@ def _versions() -> dict[str, str]:
     import duckdb
     import pyarrow
 
-    from bert_core import __version__
+    from bertflow.bert_core import __version__
 
     return {"bertflow": __version__, "pyarrow": pyarrow.__version__, "duckdb": duckdb.__version__}

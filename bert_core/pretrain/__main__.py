@@ -1,8 +1,8 @@
-"""``python -m bert_core.pretrain``: the pretraining stage from a shell, also under ``torchrun``.
+"""``python -m bertflow.bert_core.pretrain``: the pretraining stage from a shell, also under ``torchrun``.
 
-    python -m bert_core.pretrain --data MASKED_DIR --tokenizer TOK_DIR --out RUN_DIR \\
+    python -m bertflow.bert_core.pretrain --data MASKED_DIR --tokenizer TOK_DIR --out RUN_DIR \\
         [--config configs/small.yaml] [--set lr=5e-4 --set max_steps=2000 ...]
-    torchrun --standalone --nproc_per_node=8 -m bert_core.pretrain --data ... --tokenizer ... --out ...
+    torchrun --standalone --nproc_per_node=8 -m bertflow.bert_core.pretrain --data ... --tokenizer ... --out ...
 
 ``--config`` takes a pipeline preset (its ``pretrain:`` section is used) or a flat
 mapping of PretrainConfig keys; ``--set key=value`` (or ``pretrain.key=value``)
@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bert_core.pretrain", description="Pretrain a BERT (MLM [+NSP]).")
+    p = argparse.ArgumentParser(prog="python -m bertflow.bert_core.pretrain", description="Pretrain a BERT (MLM [+NSP]).")
     p.add_argument("--data", required=True, help="masked-data directory (output of the mask stage)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (copied into the export)")
     p.add_argument("--out", required=True, help="training directory (checkpoints/, export/); reused to resume")
@@ -31,8 +31,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_pretrain_config(path: str | None, overrides: list[str]):
-    from bert_core.configtools import apply_overrides, from_dict, load_yaml
-    from bert_core.pretrain.config import PretrainConfig
+    from bertflow.bert_core.configtools import apply_overrides, from_dict, load_yaml
+    from bertflow.bert_core.pretrain.config import PretrainConfig
 
     data = load_yaml(path) if path else {}
     section = data.get("pretrain", {}) if "pretrain" in data else data
@@ -42,12 +42,12 @@ def load_pretrain_config(path: str | None, overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bert_core.errors import BertflowError
+    from bertflow.bert_core.errors import BertflowError
 
     args = _parse(argv)
     try:
         cfg = load_pretrain_config(args.config, args.overrides)
-        from bert_core.pretrain.stage import run
+        from bertflow.bert_core.pretrain.stage import run
 
         def on_metrics(step: int, m: dict[str, float]) -> None:
             if not args.quiet:

@@ -19,7 +19,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from bert_core.pretrain.batch import PackedBatch
+from bertflow.bert_core.pretrain.batch import PackedBatch
 
 
 @functools.cache

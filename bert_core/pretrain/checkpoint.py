@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bert_core.errors import InputError
-from bert_core.stageio import atomic_dir
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.stageio import atomic_dir
 
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"

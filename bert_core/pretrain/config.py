@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bert_core.configtools import check
+from bertflow.bert_core.configtools import check
 
 # Keys that change how fast or where a run goes, not what it computes: a resumed run
 # may change them (everything else must match the checkpoints in the out dir).

@@ -12,7 +12,7 @@ DataLoader workers share a rank's batches round-robin (worker ``w`` makes the ra
 local batches ``w, w+N, ...``), which is the order DataLoader hands them back in,
 so the batch sequence does not depend on the number of workers.
 
-Rows come from the shared reader (:class:`bert_core.maskgen.reader.MaskedDataset`). With
+Rows come from the shared reader (:class:`bert_core.mask.reader.MaskedDataset`). With
 dynamic masking it draws the masks per batch from a generator keyed by (seed + epoch,
 first row of the batch); we always ask for the same batches (a micro-batch's rows, or
 an epoch's tail and the next epoch's head), so the masks are the same on every run and
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from bert_core.maskgen.reader import MaskedDataset
-from bert_core.orphans import worker_start_method
-from bert_core.pretrain.batch import IGNORE, PackedBatch, pack_batch
-from bert_core.pretrain.inputs import DataInfo
+from bertflow.bert_core.mask.reader import MaskedDataset
+from bertflow.bert_core.orphans import worker_start_method
+from bertflow.bert_core.pretrain.batch import IGNORE, PackedBatch, pack_batch
+from bertflow.bert_core.pretrain.inputs import DataInfo
 
 
 class RowReader:

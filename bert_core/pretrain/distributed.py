@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bert_core.errors import ConfigError
+from bertflow.bert_core.errors import ConfigError
 
 
 @dataclass(frozen=True)

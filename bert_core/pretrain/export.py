@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from bert_core.errors import InputError
-from bert_core.pretrain.hf_compat import hf_config, to_hf_state_dict
-from bert_core.pretrain.inputs import TOKENIZER_FILES
-from bert_core.pretrain.model import ModelConfig
-from bert_core.stageio import atomic_dir, write_manifest
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.pretrain.hf_compat import hf_config, to_hf_state_dict
+from bertflow.bert_core.pretrain.inputs import TOKENIZER_FILES
+from bertflow.bert_core.pretrain.model import ModelConfig
+from bertflow.bert_core.stageio import atomic_dir, write_manifest
 
 PRE_LN_NOTE = (
     "pre-LN model: exported with bertflow's own parameter names and model_type 'bertflow_preln'; "

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from bert_core.errors import InputError
-from bert_core.pretrain.model import ModelConfig
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.pretrain.model import ModelConfig
 
 PRE_LN_MODEL_TYPE = "bertflow_preln"  # transformers does not know it, so it refuses to load it (on purpose)
 
@@ -183,8 +183,8 @@ def read_hf_dir(
 
 
 def _read_weights(path: Path, allow_pickle_weights: bool) -> dict[str, torch.Tensor]:
-    from bert_core.pretrain.checkpoint import load_safetensors, load_torch
-    from bert_core.safeload import require_safe_weights
+    from bertflow.bert_core.pretrain.checkpoint import load_safetensors, load_torch
+    from bertflow.bert_core.safeload import require_safe_weights
 
     require_safe_weights(path, allow_pickle_weights, "--set pretrain.allow_pickle_weights=true")
     single = path / "model.safetensors"

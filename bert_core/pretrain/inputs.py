@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
@@ -36,7 +36,7 @@ class DataInfo:
 
 def read_data_info(data_dir: str | Path) -> DataInfo:
     """The masked data's facts; the shared reader validates the manifest and shard files."""
-    from bert_core.maskgen.reader import MaskedDataset
+    from bertflow.bert_core.mask.reader import MaskedDataset
 
     d = Path(data_dir)
     ds = MaskedDataset(d)

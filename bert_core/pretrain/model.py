@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bert_core.pretrain.attention import attend
-from bert_core.pretrain.batch import IGNORE, PackedBatch
+from bertflow.bert_core.pretrain.attention import attend
+from bertflow.bert_core.pretrain.batch import IGNORE, PackedBatch
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bert_core.pretrain.config import PretrainConfig
-from bert_core.pretrain.lamb import Lamb
+from bertflow.bert_core.pretrain.config import PretrainConfig
+from bertflow.bert_core.pretrain.lamb import Lamb
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

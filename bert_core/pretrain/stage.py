@@ -24,13 +24,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bert_core.configtools import to_dict
-from bert_core.errors import ConfigError, InputError
-from bert_core.pretrain import checkpoint as ckpt
-from bert_core.pretrain import distributed
-from bert_core.pretrain.config import RUNTIME_KEYS, PretrainConfig
-from bert_core.pretrain.inputs import DataInfo, check_tokenizer, read_data_info
-from bert_core.stageio import (MANIFEST, MetricsFn, ProgressFn, StageResult, atomic_write_bytes, file_digest,
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.errors import ConfigError, InputError
+from bertflow.bert_core.pretrain import checkpoint as ckpt
+from bertflow.bert_core.pretrain import distributed
+from bertflow.bert_core.pretrain.config import RUNTIME_KEYS, PretrainConfig
+from bertflow.bert_core.pretrain.inputs import DataInfo, check_tokenizer, read_data_info
+from bertflow.bert_core.stageio import (MANIFEST, MetricsFn, ProgressFn, StageResult, atomic_write_bytes, file_digest,
                                write_manifest)
 
 RUN_RECORD = "run.json"
@@ -59,8 +59,8 @@ def run(
 
 
 def _run(cfg, data_dir, tokenizer_dir, out, dist, device, on_metrics, on_progress) -> StageResult:
-    from bert_core.pretrain.export import export_model
-    from bert_core.pretrain.trainer import RunSpec, Trainer
+    from bertflow.bert_core.pretrain.export import export_model
+    from bertflow.bert_core.pretrain.trainer import RunSpec, Trainer
 
     data = read_data_info(data_dir)
     check_tokenizer(tokenizer_dir, data)
@@ -133,7 +133,7 @@ def _run(cfg, data_dir, tokenizer_dir, out, dist, device, on_metrics, on_progres
 
 def build_model_config(cfg: PretrainConfig, data: DataInfo, init_shape: dict[str, Any] | None):
     """Model shape from the config (or the init checkpoint), vocab from the data."""
-    from bert_core.pretrain.model import ModelConfig
+    from bertflow.bert_core.pretrain.model import ModelConfig
 
     padded_vocab = -(-data.vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
     shape = {
@@ -172,7 +172,7 @@ def build_model_config(cfg: PretrainConfig, data: DataInfo, init_shape: dict[str
 def _read_init(init_from: str | None, allow_pickle_weights: bool = False):
     if init_from is None:
         return None, None, None
-    from bert_core.pretrain.hf_compat import read_hf_dir
+    from bertflow.bert_core.pretrain.hf_compat import read_hf_dir
 
     path = Path(init_from)
     if not (path / "config.json").is_file() and (path / EXPORT / "config.json").is_file():
@@ -223,7 +223,7 @@ def _read_export_info(export_dir: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {}
     arch = m.get("architecture", "")
-    from bert_core.pretrain.export import PRE_LN_NOTE
+    from bertflow.bert_core.pretrain.export import PRE_LN_NOTE
 
     pre_ln = arch.startswith("BertflowPreLN")
     return {"architecture": arch, "hf_compatible": not pre_ln, "note": PRE_LN_NOTE if pre_ln else ""}

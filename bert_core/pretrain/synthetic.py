@@ -1,6 +1,6 @@
 """Small synthetic masked-data and tokenizer directories, for tests and the GPU benchmark.
 
-They follow the masked-data contract of :mod:`bert_core.maskgen.schema` exactly, so
+They follow the masked-data contract of :mod:`bert_core.mask.schema` exactly, so
 the real reader reads them; they need only NumPy and pyarrow (the GPU machine has no
 DuckDB, which the real masked-data generation uses).
 
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bert_core.stageio import write_manifest
+from bertflow.bert_core.stageio import write_manifest
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(5)
@@ -56,11 +56,11 @@ def write_masked_data(
     """Write ``shard-*.parquet`` + ``manifest.json`` in the masked-data format.
 
     Static masks are drawn with the shared masking function
-    (:func:`bert_core.maskgen.masking.mask_batch`), so their count and 80/10/10 split
+    (:func:`bert_core.mask.masking.mask_batch`), so their count and 80/10/10 split
     are what real generation produces.
     """
-    from bert_core.maskgen.masking import mask_batch
-    from bert_core.maskgen.schema import shard_schema
+    from bertflow.bert_core.mask.masking import mask_batch
+    from bertflow.bert_core.mask.schema import shard_schema
 
     if recipe not in ("full", "nsp") or masking not in ("static", "dynamic"):
         raise ValueError(f"recipe {recipe!r} / masking {masking!r} not supported")

@@ -20,17 +20,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bert_core.errors import InputError
-from bert_core.pretrain import checkpoint as ckpt
-from bert_core.pretrain.config import PretrainConfig
-from bert_core.pretrain.data import PretrainStream, make_loader
-from bert_core.pretrain.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_float
-from bert_core.pretrain.flops import peak_flops, step_flops
-from bert_core.pretrain.inputs import DataInfo
-from bert_core.pretrain.model import BertForPretraining, ModelConfig, count_parameters
-from bert_core.pretrain.optim import build_optimizer, set_lr
-from bert_core.pretrain.schedule import Schedule
-from bert_core.stageio import MetricsFn, ProgressFn
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.pretrain import checkpoint as ckpt
+from bertflow.bert_core.pretrain.config import PretrainConfig
+from bertflow.bert_core.pretrain.data import PretrainStream, make_loader
+from bertflow.bert_core.pretrain.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_float
+from bertflow.bert_core.pretrain.flops import peak_flops, step_flops
+from bertflow.bert_core.pretrain.inputs import DataInfo
+from bertflow.bert_core.pretrain.model import BertForPretraining, ModelConfig, count_parameters
+from bertflow.bert_core.pretrain.optim import build_optimizer, set_lr
+from bertflow.bert_core.pretrain.schedule import Schedule
+from bertflow.bert_core.stageio import MetricsFn, ProgressFn
 
 _SUMS = ("loss", "mlm_loss", "mlm_correct", "mlm_count", "nsp_loss", "nsp_correct", "nsp_count")
 

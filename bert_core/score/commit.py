@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 COMMIT_KEY = b"bertflow.score"
 LOCK_NAME = ".score.lock"

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from bert_core.configtools import check
+from bertflow.bert_core.configtools import check
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_]*$")

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from bert_core.arrowtext import invalid_utf8_rows
+from bertflow.bert_core.arrowtext import invalid_utf8_rows
 
 ERR_NULL = "null_text"
 ERR_EMPTY = "empty_text"

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 _TOKEN = re.compile(
     r"""\s*(?:

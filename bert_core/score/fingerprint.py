@@ -15,9 +15,9 @@ import os
 import struct
 from pathlib import Path
 
-from bert_core.stageio import file_digest
+from bertflow.bert_core.stageio import file_digest
 
-from bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.config import ScoreConfig
 
 _TAIL = 1 << 16
 # Keys that change what is written; device, batch sizes and threading do not.

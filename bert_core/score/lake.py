@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
-from bert_core.errors import InputError
+from bertflow.bert_core.errors import InputError
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 HIVE_DEFAULT = "__HIVE_DEFAULT_PARTITION__"

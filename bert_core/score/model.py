@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bert_core.errors import InputError
-from bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
-from bert_core.score.config import ScoreConfig
-from bert_core.score.fingerprint import model_fingerprint
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.fingerprint import model_fingerprint
 
 _CHARS_PER_TOKEN_CAP = 64  # text beyond max_length * this many characters is cut before tokenizing
 _cache: dict[tuple, Classifier] = {}

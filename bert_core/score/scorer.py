@@ -26,12 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from bert_core.errors import InputError
-from bert_core.score.config import ScoreConfig
-from bert_core.score.encode import ERR_EMPTY_PAIR, ERR_NULL_PAIR, EncodedWindow, encode_window, extract_texts
-from bert_core.score.filters import BoundFilter, Filter, bind_filter
-from bert_core.score.model import Classifier, cpu_threads, forward, torch_threads
-from bert_core.score.output import OutputSpec, WriterThread, build_batch
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.encode import ERR_EMPTY_PAIR, ERR_NULL_PAIR, EncodedWindow, encode_window, extract_texts
+from bertflow.bert_core.score.filters import BoundFilter, Filter, bind_filter
+from bertflow.bert_core.score.model import Classifier, cpu_threads, forward, torch_threads
+from bertflow.bert_core.score.output import OutputSpec, WriterThread, build_batch
 
 _END = object()
 

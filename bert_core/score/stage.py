@@ -25,16 +25,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bert_core.configtools import to_dict
-from bert_core.errors import BertflowError, InputError
-from bert_core.stageio import ProgressFn, StageResult, atomic_write_bytes, raise_if_disk_full, write_manifest
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.errors import BertflowError, InputError
+from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_write_bytes, raise_if_disk_full, write_manifest
 
-from bert_core.score.commit import (COMMIT_KEY, clean_stale_temps, commit_status, output_lock, publish,
+from bertflow.bert_core.score.commit import (COMMIT_KEY, clean_stale_temps, commit_status, output_lock, publish,
                                     read_commit, temp_path)
-from bert_core.score.config import ScoreConfig
-from bert_core.score.filters import parse_filter
-from bert_core.score.fingerprint import config_digest, input_fingerprint, model_fingerprint
-from bert_core.score.lake import discover, output_path
+from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.filters import parse_filter
+from bertflow.bert_core.score.fingerprint import config_digest, input_fingerprint, model_fingerprint
+from bertflow.bert_core.score.lake import discover, output_path
 
 __all__ = ["FileJob", "plan", "score_file", "run", "output_lock", "clean_stale_temps", "write_run_manifest",
            "output_dataset"]
@@ -70,7 +70,7 @@ def plan(cfg: ScoreConfig, out_dir: str | Path, model_dir: str | Path | None = N
     Raises InputError for a bad filter, a missing input, or a column problem shared by
     every readable file; a problem in only some files is recorded in ``FileJob.problem``.
     """
-    from bert_core.score.scorer import read_plan
+    from bertflow.bert_core.score.scorer import read_plan
 
     out = Path(out_dir).resolve()
     flt = parse_filter(cfg.filter)
@@ -116,9 +116,9 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
     status, rows_in, rows_filtered, rows_out, rows_scored, rows_error,
     rows_truncated, seconds, tokens, padded_tokens, device, dtype.
     """
-    from bert_core.score.model import load_classifier
-    from bert_core.score.output import OutputSpec
-    from bert_core.score.scorer import read_plan, score_stream
+    from bertflow.bert_core.score.model import load_classifier
+    from bertflow.bert_core.score.output import OutputSpec
+    from bertflow.bert_core.score.scorer import read_plan, score_stream
 
     t0 = time.perf_counter()
     where = job.input_path
@@ -210,7 +210,7 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path, on_progres
         stale = clean_stale_temps(out)
         jobs = plan(cfg, out, model_dir=model_dir)
         if any(not j.committed and j.problem is None for j in jobs):
-            from bert_core.score.model import load_classifier
+            from bertflow.bert_core.score.model import load_classifier
 
             load_classifier(model_dir, cfg)  # a damaged model fails the run once, not each file as if it were bad
         total = sum(max(j.rows, 0) for j in jobs if not j.committed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bert_core.configtools import check
+from bertflow.bert_core.configtools import check
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bert_core.errors import InputError
-from bert_core.ingest.schema import CORPUS_SCHEMA, SHARD_GLOB
-from bert_core.stageio import read_manifest
-from bert_core.vocab.config import VocabConfig
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA, SHARD_GLOB
+from bertflow.bert_core.stageio import read_manifest
+from bertflow.bert_core.vocab.config import VocabConfig
 
 
 @dataclass

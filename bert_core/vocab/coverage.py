@@ -12,7 +12,7 @@ import re
 
 from tokenizers import Tokenizer
 
-from bert_core.vocab.tokenizer import UNK
+from bertflow.bert_core.vocab.tokenizer import UNK
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _PIECE_CHARS = 20_000  # encode paragraphs grouped into pieces of about this size

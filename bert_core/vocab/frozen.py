@@ -12,9 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from bert_core.errors import InputError
-from bert_core.stageio import StageResult, atomic_dir, write_manifest
-from bert_core.vocab.stage import TOKENIZER_FILES, tokenizer_fingerprint
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.stageio import StageResult, atomic_dir, write_manifest
+from bertflow.bert_core.vocab.stage import TOKENIZER_FILES, tokenizer_fingerprint
 
 REQUIRED_FILES = ("tokenizer.json", "vocab.txt")  # what a base model dir must hold to give its vocabulary
 

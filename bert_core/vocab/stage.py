@@ -11,13 +11,13 @@ from pathlib import Path
 
 import tokenizers
 
-from bert_core.configtools import to_dict
-from bert_core.errors import InputError
-from bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, write_manifest
-from bert_core.vocab.config import VocabConfig
-from bert_core.vocab.corpus import complete_holdout, iter_training_texts, open_corpus, plan_selection
-from bert_core.vocab.coverage import coverage
-from bert_core.vocab.tokenizer import SPECIAL_TOKENS, canonical_ids, finish, new_tokenizer, save_hf_dir, wordpiece_trainer
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, write_manifest
+from bertflow.bert_core.vocab.config import VocabConfig
+from bertflow.bert_core.vocab.corpus import complete_holdout, iter_training_texts, open_corpus, plan_selection
+from bertflow.bert_core.vocab.coverage import coverage
+from bertflow.bert_core.vocab.tokenizer import SPECIAL_TOKENS, canonical_ids, finish, new_tokenizer, save_hf_dir, wordpiece_trainer
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -17,8 +17,8 @@ the same text are printed too (CPU seconds summed over the process tree: steadie
 wall time on a shared machine). Peak RSS is sampled over the whole process tree (workers
 included), also split into the two passes of the stage.
 
-    python benchmarks/bench_maskgen.py                       # 30 MB, MiniLM vocab, 3 repeats
-    python benchmarks/bench_maskgen.py --rss-full            # ours only, all of Gutenberg: peak RSS
+    python benchmarks/bench_mask.py                       # 30 MB, MiniLM vocab, 3 repeats
+    python benchmarks/bench_mask.py --rss-full            # ours only, all of Gutenberg: peak RSS
 """
 
 from __future__ import annotations
@@ -174,8 +174,8 @@ def run_peer(files: list[Path], tok_dir: Path, workers: int, block: int, work: P
 
 
 def run_ours(corpus: Path, tok_dir: Path, out: Path, workers: int, **cfg) -> dict:
-    from bert_core.maskgen.config import MaskConfig
-    from bert_core.maskgen.stage import run
+    from bertflow.bert_core.mask.config import MaskConfig
+    from bertflow.bert_core.mask.stage import run
 
     with TreeRss() as rss:
         t0 = time.perf_counter()
@@ -220,9 +220,9 @@ def main() -> None:
     args = ap.parse_args()
     if not GUTENBERG.exists():
         sys.exit(f"{GUTENBERG} is absent: this benchmark needs ../shared/data")
-    from bert_core.maskgen.testing import write_corpus
+    from bertflow.bert_core.mask.testing import write_corpus
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-maskgen-"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-mask-"))
     work.mkdir(parents=True, exist_ok=True)
     tok = tokenizer_dir()
     texts = gutenberg_texts(None if args.rss_full else int(args.mb * 1e6))
@@ -244,7 +244,7 @@ def main() -> None:
             files[-1].write_text(t, encoding="utf-8")
     n_books = len(texts)
     del texts  # the stage's memory is measured, not the benchmark's
-    from bert_core.maskgen.memory import release_freed_memory
+    from bertflow.bert_core.mask.memory import release_freed_memory
 
     release_freed_memory()
     results: dict[str, dict] = {"text_mb": raw_mb, "books": n_books, "workers": args.workers,

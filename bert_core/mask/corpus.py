@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bert_core.errors import InputError
-from bert_core.ingest.schema import SHARD_GLOB
-from bert_core.stageio import read_manifest
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.ingest.schema import SHARD_GLOB
+from bertflow.bert_core.stageio import read_manifest
 
 REQUIRED_COLUMNS = {"doc_id": pa.string(), "text": pa.string(), "n_chars": pa.int32(),
                     "sent_starts": pa.list_(pa.int32())}

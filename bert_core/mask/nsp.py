@@ -22,7 +22,7 @@ Deliberate differences, so labels are exactly a fair coin:
 - The short target is drawn per pair, not once per document (with book-length
   documents, a per-document draw would make 10% of the books all-short).
 
-Pairs are spans of the unit's flat token array; :func:`bert_core.maskgen.sequences.assemble`
+Pairs are spans of the unit's flat token array; :func:`bert_core.mask.sequences.assemble`
 builds the rows.
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bert_core.maskgen.sequences import Sequences, assemble
+from bertflow.bert_core.mask.sequences import Sequences, assemble
 
 
 @dataclass

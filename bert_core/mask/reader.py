@@ -14,7 +14,7 @@ Batches (dict of NumPy arrays):
   token type 0, label -100.
 - ``labels``: the original token id at predicted positions, -100 elsewhere. Static data:
   from the stored ``masked_positions`` / ``masked_ids``. Dynamic data: drawn per batch by
-  :func:`bert_core.maskgen.masking.mask_batch` with a generator seeded by
+  :func:`bert_core.mask.masking.mask_batch` with a generator seeded by
   ``(seed, first row of the batch)``: the same masks on every run, after a resume at the
   same row, and for any number of data-loader workers. Pass ``seed + epoch`` for fresh
   masks each epoch.
@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bert_core.errors import InputError
-from bert_core.maskgen.masking import IGNORE_INDEX, apply_masks, select_positions
-from bert_core.stageio import read_manifest
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.mask.masking import IGNORE_INDEX, apply_masks, select_positions
+from bertflow.bert_core.stageio import read_manifest
 
 _REQUIRED = ("recipe", "masking", "max_seq_length", "vocab_size", "special_ids", "num_rows", "shards",
              "masked_lm_prob", "max_predictions_per_seq")

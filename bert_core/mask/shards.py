@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bert_core.maskgen.memory import release_freed_memory
+from bertflow.bert_core.mask.memory import release_freed_memory
 
 SHARD_NAME = "shard-{:05d}.parquet"
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from bert_core.errors import InputError
-from bert_core.maskgen.masking import word_start_table
-from bert_core.stageio import file_digest
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.mask.masking import word_start_table
+from bertflow.bert_core.stageio import file_digest
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 """Manifest name -> token string of the special tokens every BERT vocabulary must hold."""

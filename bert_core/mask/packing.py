@@ -16,15 +16,15 @@
   last row may be short.
 
 Rows are contiguous spans of the stream, so assembling them is one gather
-(:func:`bert_core.maskgen.sequences.assemble`).
+(:func:`bert_core.mask.sequences.assemble`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bert_core.maskgen.encode import EncodedDocs
-from bert_core.maskgen.sequences import Sequences, assemble, ranges_to_indices
+from bertflow.bert_core.mask.encode import EncodedDocs
+from bertflow.bert_core.mask.sequences import Sequences, assemble, ranges_to_indices
 
 
 def pack_full(enc: EncodedDocs, keep: np.ndarray, max_seq_length: int, cls_id: int, sep_id: int,

@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from bert_core.maskgen.config import MaskConfig
-from bert_core.maskgen.corpus import WorkUnit, read_unit
-from bert_core.maskgen.encode import DocumentEncoder, EncodedDocs
-from bert_core.maskgen.masking import apply_masks, select_positions
-from bert_core.maskgen.memory import release_freed_memory
-from bert_core.maskgen.nsp import nsp_pairs
-from bert_core.maskgen.packing import pack_full
-from bert_core.maskgen.schema import shard_schema
-from bert_core.maskgen.sequences import Ragged, Sequences, ranges_to_indices
-from bert_core.maskgen.tokenizer import TokenizerInfo, load_tokenizer, word_starts_of
+from bertflow.bert_core.mask.config import MaskConfig
+from bertflow.bert_core.mask.corpus import WorkUnit, read_unit
+from bertflow.bert_core.mask.encode import DocumentEncoder, EncodedDocs
+from bertflow.bert_core.mask.masking import apply_masks, select_positions
+from bertflow.bert_core.mask.memory import release_freed_memory
+from bertflow.bert_core.mask.nsp import nsp_pairs
+from bertflow.bert_core.mask.packing import pack_full
+from bertflow.bert_core.mask.schema import shard_schema
+from bertflow.bert_core.mask.sequences import Ragged, Sequences, ranges_to_indices
+from bertflow.bert_core.mask.tokenizer import TokenizerInfo, load_tokenizer, word_starts_of
 
 MASK_CHUNK_ROWS = 8192  # rows masked per call: bounds the temporaries (the chunking is part of the RNG stream)
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bert_core.maskgen.encode import DocumentEncoder
-from bert_core.maskgen.testing import split_sentences
-from bert_core.maskgen.tokenizer import load_tokenizer
+from bertflow.bert_core.mask.encode import DocumentEncoder
+from bertflow.bert_core.mask.testing import split_sentences
+from bertflow.bert_core.mask.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TRICKY = [

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bert_core.ingest.schema import CORPUS_SCHEMA
-from bert_core.stageio import write_manifest
+from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
+from bertflow.bert_core.stageio import write_manifest
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
 
@@ -25,7 +25,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
 def split_sentences(text: str) -> list[int]:
     """Character offsets where sentences start (``[0, ...]``; ``[]`` for an empty text)."""
     try:
-        from bert_core.ingest.sentences import sentence_starts
+        from bertflow.bert_core.ingest.sentences import sentence_starts
     except ImportError:
         if not text:
             return []

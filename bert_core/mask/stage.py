@@ -4,9 +4,9 @@ Two passes, both spread over a process pool and independent of its size:
 
 1. per work unit (whole documents of one corpus shard, ~``unit_mb`` of text): tokenize,
    build rows (``full`` or ``nsp``), mask (static), shuffle, and write one uncompressed
-   Arrow part per dupe (:mod:`bert_core.maskgen.worker`);
+   Arrow part per dupe (:mod:`bert_core.mask.worker`);
 2. per output shard: take a random share of every part and interleave the shares at
-   random (:mod:`bert_core.maskgen.shards`) - a global shuffle in bounded memory.
+   random (:mod:`bert_core.mask.shards`) - a global shuffle in bounded memory.
 
 Memory is bounded by the unit and shard sizes, never by the corpus or ``dupe_factor``.
 The output directory appears atomically with its manifest (format: ``schema.py``).
@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from bert_core.configtools import to_dict
-from bert_core.errors import InputError
-from bert_core.maskgen.config import MaskConfig
-from bert_core.maskgen.corpus import open_corpus, plan_units
-from bert_core.maskgen.shards import plan_shards, write_shard
-from bert_core.maskgen.tokenizer import load_tokenizer, word_starts_of
-from bert_core.maskgen.worker import UnitJob, UnitResult, process_unit
-from bert_core.orphans import exit_with, worker_start_method
-from bert_core.stageio import ProgressFn, StageResult, atomic_dir, write_manifest
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.mask.config import MaskConfig
+from bertflow.bert_core.mask.corpus import open_corpus, plan_units
+from bertflow.bert_core.mask.shards import plan_shards, write_shard
+from bertflow.bert_core.mask.tokenizer import load_tokenizer, word_starts_of
+from bertflow.bert_core.mask.worker import UnitJob, UnitResult, process_unit
+from bertflow.bert_core.orphans import exit_with, worker_start_method
+from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, write_manifest
 
 PARTS_DIR = ".parts"
 

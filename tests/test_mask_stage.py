@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bert_core.errors import InputError
-from bert_core.ingest.schema import CORPUS_SCHEMA
-from bert_core.maskgen.config import MaskConfig
-from bert_core.maskgen.masking import word_start_table
-from bert_core.maskgen.stage import run
-from bert_core.maskgen.testing import split_sentences, synthetic_documents, train_wordpiece, write_corpus
-from bert_core.stageio import write_manifest
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
+from bertflow.bert_core.mask.config import MaskConfig
+from bertflow.bert_core.mask.masking import word_start_table
+from bertflow.bert_core.mask.stage import run
+from bertflow.bert_core.mask.testing import split_sentences, synthetic_documents, train_wordpiece, write_corpus
+from bertflow.bert_core.stageio import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 K = 6  # n-gram length used to locate a segment in the corpus
@@ -37,7 +37,7 @@ DOCS_PER_SHARD = 200
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("maskgen")
+    root = tmp_path_factory.mktemp("mask")
     docs = synthetic_documents(500, seed=0)
     tok_dir = train_wordpiece(root / "tok", docs, vocab_size=700)
     corpus = write_corpus(root / "corpus", docs, docs_per_shard=DOCS_PER_SHARD)
@@ -418,7 +418,7 @@ def test_a_failed_run_leaves_the_previous_output_intact(setup, tmp_path):
 
 
 def test_config_rejects_dupes_with_dynamic_masking():
-    from bert_core.errors import ConfigError
+    from bertflow.bert_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="dupe_factor"):
         MaskConfig(masking="dynamic", dupe_factor=2)
@@ -428,8 +428,8 @@ def test_config_rejects_dupes_with_dynamic_masking():
 
 
 def test_reads_the_ingestion_stages_output(setup, tmp_path):
-    ingest = pytest.importorskip("bert_core.ingest.stage")
-    from bert_core.ingest.config import IngestConfig
+    ingest = pytest.importorskip("bertflow.bert_core.ingest.stage")
+    from bertflow.bert_core.ingest.config import IngestConfig
 
     corpus = tmp_path / "corpus"
     ingest.run(IngestConfig(inputs=(str(REPO / "data" / "books" / "*.txt.gz"),), workers=1), corpus)

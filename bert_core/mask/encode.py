@@ -16,7 +16,7 @@ the document's tokens). Each piece takes one of two paths that give the same ids
 
 Sentence starts (character offsets from the corpus) become token offsets: word counts
 on the cached path, ``Encoding.char_to_token`` on the tokenizer path.
-``tests/test_maskgen_encode.py`` checks both paths against the plain tokenizer.
+``tests/test_mask_encode.py`` checks both paths against the plain tokenizer.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from itertools import accumulate, chain
 
 import numpy as np
 
-from bert_core.maskgen.tokenizer import TokenizerInfo
+from bertflow.bert_core.mask.tokenizer import TokenizerInfo
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _WHITESPACE = frozenset(" \t\n\r")

@@ -1,5 +1,0 @@
-"""``python -m flows`` is the same CLI as ``bertflow``."""
-
-from flows.cli import main
-
-main()
