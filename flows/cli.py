@@ -63,27 +63,27 @@ def _run_flow(stages: list[str], config: str | None, overrides: list[str] | None
     _print_summary(summary)
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(summary: "PipelineResult") -> None:
     table = Table(title="bertflow: stage outputs")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     table.add_column("reused")
     table.add_column("output")
     table.add_column("headline")
-    for stage, r in summary["stages"].items():
-        head = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(r["metrics"].items())[:3])
-        table.add_row(stage, f"{r['seconds']:.1f}", "yes" if r.get("reused") else "no", r["path"], head)
+    for stage, r in summary.stages.items():
+        head = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(r.metrics.items())[:3])
+        table.add_row(stage, f"{r.seconds:.1f}", "yes" if r.reused else "no", r.path, head)
     console.print(table)
-    uri = summary["tracking_uri"]
-    console.print(f"Workspace:        {summary['workspace']}")
+    uri = summary.tracking_uri
+    console.print(f"Workspace:        {summary.workspace}")
     console.print(f"MLflow store:     {uri}")
-    console.print(f"MLflow parent run: {summary['parent_run_id']} (experiment {summary['experiment_id']})")
-    if "finetune" in summary["stages"]:
-        reg = summary["stages"]["finetune"].get("registry", {})
-        if reg:
-            console.print(f"Registered model: models:/{reg.get('name')}/{reg.get('version')} (alias candidate; "
-                          f"champion {'moved' if reg.get('promoted') else 'kept'})")
-    console.print(f"Summary JSON:     {Path(summary['workspace']) / 'last_run.json'}")
+    console.print(f"MLflow parent run: {summary.parent_run_id} (experiment {summary.experiment_id})")
+    finetune = summary.stages.get("finetune")
+    if finetune is not None and finetune.registry is not None:
+        reg = finetune.registry
+        console.print(f"Registered model: models:/{reg.name}/{reg.version} (alias candidate; "
+                      f"champion {'moved' if reg.promoted else 'kept'})")
+    console.print(f"Summary JSON:     {Path(summary.workspace) / 'last_run.json'}")
     if uri.startswith("sqlite:"):
         console.print(
             "Open the MLflow UI:  "

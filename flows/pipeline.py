@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,25 @@ from bertflow.bert_core.errors import InputError
 from bertflow.flows.workspace import Workspace, resolve
 from bertflow.tasks import champion, tracking
 from bertflow.tasks import stages as stage_tasks
-from bertflow.tasks.stage_runner import TrackingContext
+from bertflow.tasks.stage_runner import StageRun, TrackingContext
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """One pipeline flow run: its workspace, its MLflow parent run and each stage's :class:`StageRun`."""
+
+    workspace: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    mlflow_run_url: str
+    stages: dict[str, StageRun] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON written to ``<workspace>/last_run.json``."""
+        return {**{k: getattr(self, k) for k in ("workspace", "tracking_uri", "experiment_id", "parent_run_id",
+                                                   "mlflow_run_url")},
+                "stages": {name: run.to_json() for name, run in self.stages.items()}}
 
 
 @flow(name="pipeline", validate_parameters=True)
@@ -31,8 +49,8 @@ def pipeline(
     overrides: list[str] | None = None,
     workspace: str | None = None,
     stages: list[str] | None = None,
-) -> dict[str, Any]:
-    """Run the chosen stages (default: all six) on one workspace and return their summaries."""
+) -> PipelineResult:
+    """Run the chosen stages (default: all six) on one workspace and return what each did."""
     cfg = load_config(config, overrides or [])
     chosen = _check_stages(stages)
     ws = Workspace(resolve(workspace)).ensure()
@@ -48,7 +66,7 @@ def _check_stages(stages: list[str] | None) -> list[str]:
     return [s for s in STAGES if s in chosen]  # always in pipeline order
 
 
-def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str | None) -> dict[str, Any]:
+def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str | None) -> PipelineResult:
     logger = get_run_logger()
     uri = tracking.configure(ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.name, ws.root)
@@ -70,29 +88,23 @@ def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str
             cfg = replace(cfg, pretrain=replace(cfg.pretrain, init_from=base.path))
     tracking.log_params(uri, parent, cfg.as_dict())
     tracking.log_dict(uri, parent, cfg.as_dict(), "config.yaml")
-    results: dict[str, Any] = {}
+    results: dict[str, StageRun] = {}
     t0 = time.perf_counter()
     with tracking.run_scope(uri, parent):
         for stage in chosen:
             results[stage] = _run_one(stage, cfg, ws, ctx, base)
         tracking.log_metrics(uri, parent, {"pipeline_seconds": time.perf_counter() - t0})
-    summary = {
-        "workspace": str(ws.root),
-        "tracking_uri": uri,
-        "experiment_id": exp_id,
-        "parent_run_id": parent,
-        "mlflow_run_url": tracking.run_url(uri, exp_id, parent),
-        "stages": results,
-    }
-    (ws.root / "last_run.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary = PipelineResult(workspace=str(ws.root), tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent,
+                             mlflow_run_url=tracking.run_url(uri, exp_id, parent), stages=results)
+    ws.last_run.write_text(json.dumps(summary.to_json(), indent=2, default=str))
     _publish_summary(summary)
-    done = [f"{s} reused" if r.get("reused") else f"{s} {r['seconds']:.1f}s" for s, r in results.items()]
+    done = [f"{s} reused" if r.reused else f"{s} {r.seconds:.1f}s" for s, r in results.items()]
     logger.info("pipeline finished: %s", ", ".join(done))
     return summary
 
 
 def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContext,
-             base: champion.ChampionBase | None) -> dict[str, Any]:
+             base: champion.ChampionBase | None) -> StageRun:
     """Run one stage task with the configured retries and timeout; ``base``: continuing from the champion."""
     def task(t):
         return stage_tasks.configured(t, cfg.flow)
@@ -129,21 +141,21 @@ def _need(path: Path, producer: str) -> str:
     return str(path)
 
 
-def _publish_summary(summary: dict[str, Any]) -> None:
+def _publish_summary(summary: PipelineResult) -> None:
     """A markdown artifact on the flow run: stage durations, key numbers, MLflow links."""
     lines = [
         "# bertflow pipeline run",
         "",
-        f"MLflow parent run: [{summary['parent_run_id']}]({summary['mlflow_run_url']})",
+        f"MLflow parent run: [{summary.parent_run_id}]({summary.mlflow_run_url})",
         "",
         "| stage | seconds | reused | output | headline metrics | MLflow run |",
         "|---|---:|---|---|---|---|",
     ]
-    for stage, r in summary["stages"].items():
-        head = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r["metrics"].items())[:4])
-        url = tracking.run_url(summary["tracking_uri"], summary["experiment_id"], r["run_id"])
-        reused = "yes" if r.get("reused") else "no"
-        lines.append(f"| {stage} | {r['seconds']:.1f} | {reused} | `{r['path']}` | {head} | [{r['run_id'][:8]}]({url}) |")
+    for stage, r in summary.stages.items():
+        head = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r.metrics.items())[:4])
+        url = tracking.run_url(summary.tracking_uri, summary.experiment_id, r.run_id)
+        reused = "yes" if r.reused else "no"
+        lines.append(f"| {stage} | {r.seconds:.1f} | {reused} | `{r.path}` | {head} | [{r.run_id[:8]}]({url}) |")
     try:
         create_markdown_artifact("\n".join(lines), key="pipeline-summary", description="bertflow pipeline summary")
     except Exception:

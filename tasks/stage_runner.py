@@ -2,7 +2,7 @@
 
 ``bert_core`` stages take ``on_metrics``/``on_progress`` callbacks and return a
 ``StageResult``; this module plugs MLflow metrics and a Prefect progress
-artifact into those callbacks and turns the result into a small JSON-able dict
+artifact into those callbacks and turns the result into a :class:`StageRun`
 (paths and counts only, never data) for the flow.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import dataclasses
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,47 @@ class TrackingContext:
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where fine-tuning put its model in the MLflow Model Registry, and whether it became the champion."""
+
+    name: str
+    version: str
+    model_uri: str
+    promoted: bool
+    reason: str
+    candidate_score: float | None = None
+    champion_score: float | None = None
+    champion_version: str | None = None
+    pretrain_base: str | None = None  # the champion's pretrained-base snapshot (promoted versions only)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """What one stage task did: its output, headline numbers and MLflow run (returned by every stage task)."""
+
+    stage: str
+    path: str  # the stage's output directory
+    metrics: dict[str, float]
+    details: dict[str, Any]  # stage-specific, JSON-able (e.g. per-file counts of scoring)
+    run_id: str  # the stage's nested MLflow run
+    seconds: float
+    reused: bool  # True: inputs, config and code unchanged, the stored output was reused
+    stage_key: str  # the content key the reuse decision is made on (see tasks.reuse)
+    registry: Registration | None = None  # finetune only
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StageRun":
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        if isinstance(data.get("registry"), dict):
+            data["registry"] = Registration(**data["registry"])
+        return cls(**{"details": {}, "metrics": {}, **data})
 
 
 class ProgressReporter:
@@ -71,26 +113,27 @@ def run_stage(
     body: Callable[[Callable, Callable], StageResult],
     out_dir: str,
     inputs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> StageRun:
     """Run ``body(on_metrics, on_progress)`` inside a nested MLflow run named ``stage``.
 
     Logs the stage config as params, streamed metrics, system metrics (CPU, memory,
     GPU), the result's metrics and manifest, and the stage's wall time. If ``out_dir`` already holds this stage's
     output for the same config, input content and code (see ``tasks.reuse``), the
     stage is not recomputed: the run is tagged ``bertflow.reused`` and the stored
-    summary returned. Returns a JSON-able summary.
+    summary returned.
     """
     logger = get_run_logger()
     uri = ctx.tracking_uri
     fingerprints = reuse.input_fingerprints(inputs or {})
     key = reuse.stage_key(stage, cfg, inputs or {}, fingerprints)
-    cached = reuse.load(out_dir, key)
+    stored = reuse.load(out_dir, key)
+    cached = StageRun.from_json(stored) if stored else None
     run_id = tracking.start_run(
         uri,
         ctx.experiment_id,
         run_name=stage,
         parent_run_id=ctx.parent_run_id,
-        tags={"bertflow.stage": stage, "prefect.flow_run_id": ctx.flow_run_id, "bertflow.reused": str(bool(cached)),
+        tags={"bertflow.stage": stage, "prefect.flow_run_id": ctx.flow_run_id, "bertflow.reused": str(cached is not None),
               "bertflow.stage_key": key},
     )
     tracking.log_params(uri, run_id, to_dict(cfg))
@@ -100,10 +143,10 @@ def run_stage(
     _link_artifact(stage, tracking.run_url(uri, ctx.experiment_id, run_id))
     if cached is not None:
         with tracking.run_scope(uri, run_id):
-            tracking.log_metrics(uri, run_id, {**cached["metrics"], "stage_seconds": 0.0})
-            tracking.set_tags(uri, run_id, {"bertflow.output": cached["path"], "bertflow.reused_from_run": cached["run_id"]})
-        logger.info("%s reused: inputs, config and code unchanged since MLflow run %s", stage, cached["run_id"])
-        return {**cached, "run_id": run_id, "reused": True, "seconds": 0.0}
+            tracking.log_metrics(uri, run_id, {**cached.metrics, "stage_seconds": 0.0})
+            tracking.set_tags(uri, run_id, {"bertflow.output": cached.path, "bertflow.reused_from_run": cached.run_id})
+        logger.info("%s reused: inputs, config and code unchanged since MLflow run %s", stage, cached.run_id)
+        return dataclasses.replace(cached, run_id=run_id, reused=True, seconds=0.0)
 
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
         tracking.log_metrics(uri, run_id, metrics, step=step)
@@ -120,17 +163,9 @@ def run_stage(
         tracking.set_tags(uri, run_id, {"bertflow.output": result.path})
     _table_artifacts(stage, result.details)
     logger.info("%s finished in %.1fs -> %s", stage, seconds, result.path)
-    summary = {
-        "stage": stage,
-        "path": result.path,
-        "metrics": dict(result.metrics),
-        "details": _jsonable(result.details),
-        "run_id": run_id,
-        "seconds": seconds,
-        "reused": False,
-        "stage_key": key,
-    }
-    reuse.save(out_dir, key, summary)
+    summary = StageRun(stage=stage, path=result.path, metrics=dict(result.metrics), details=_jsonable(result.details),
+                       run_id=run_id, seconds=seconds, reused=False, stage_key=key)
+    reuse.save(out_dir, key, summary.to_json())
     return summary
 
 
@@ -159,6 +194,8 @@ def _table_artifacts(stage: str, details: dict[str, Any]) -> None:
 
 
 def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -10,7 +10,7 @@ checkpoints instead). The flow applies the configured backoff and timeouts with
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -23,7 +23,7 @@ from bertflow.bert_core.pretrain.config import PretrainConfig
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.vocab.config import VocabConfig
 from bertflow.tasks import reuse
-from bertflow.tasks.stage_runner import TrackingContext, run_stage
+from bertflow.tasks.stage_runner import StageRun, TrackingContext, run_stage
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
     """Retry transient failures only: bad input/config or a timeout fails at once (a retry would repeat it)."""
@@ -61,7 +61,7 @@ def configured(stage_task: Task, flow_cfg: FlowConfig) -> Task:
 
 
 @task(name="ingest", **IO_OPTIONS)
-def ingest(ctx: TrackingContext, cfg: IngestConfig, out_dir: str) -> dict[str, Any]:
+def ingest(ctx: TrackingContext, cfg: IngestConfig, out_dir: str) -> StageRun:
     """Raw files -> clean, deduplicated, sharded Parquet corpus."""
     from bertflow.bert_core.ingest.stage import run
 
@@ -70,7 +70,7 @@ def ingest(ctx: TrackingContext, cfg: IngestConfig, out_dir: str) -> dict[str, A
 
 
 @task(name="vocab", **IO_OPTIONS)
-def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str) -> dict[str, Any]:
+def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str) -> StageRun:
     """Corpus -> WordPiece tokenizer directory."""
     from bertflow.bert_core.vocab.stage import run
 
@@ -80,7 +80,7 @@ def vocab(ctx: TrackingContext, cfg: VocabConfig, corpus_dir: str, out_dir: str)
 
 
 @task(name="vocab-frozen", **IO_OPTIONS)
-def frozen_vocab(ctx: TrackingContext, base_model_dir: str, out_dir: str) -> dict[str, Any]:
+def frozen_vocab(ctx: TrackingContext, base_model_dir: str, out_dir: str) -> StageRun:
     """The base model's own tokenizer as the vocab stage's output (continuing pretraining keeps its ids)."""
     from bertflow.bert_core.vocab.frozen import run
 
@@ -89,7 +89,7 @@ def frozen_vocab(ctx: TrackingContext, base_model_dir: str, out_dir: str) -> dic
 
 
 @task(name="mask", **IO_OPTIONS)
-def mask(ctx: TrackingContext, cfg: MaskConfig, corpus_dir: str, tokenizer_dir: str, out_dir: str) -> dict[str, Any]:
+def mask(ctx: TrackingContext, cfg: MaskConfig, corpus_dir: str, tokenizer_dir: str, out_dir: str) -> StageRun:
     """Corpus + tokenizer -> masked-data Parquet shards."""
     from bertflow.bert_core.mask.stage import run
 
@@ -106,7 +106,7 @@ def mask(ctx: TrackingContext, cfg: MaskConfig, corpus_dir: str, tokenizer_dir: 
 @task(name="pretrain", **_TRAIN)
 def pretrain(
     ctx: TrackingContext, cfg: PretrainConfig, data_dir: str, tokenizer_dir: str, out_dir: str
-) -> dict[str, Any]:
+) -> StageRun:
     """Masked data -> pretrained BERT (checkpoints + Hugging Face export).
 
     The training directory resumes when rerun with the same config and data (a crash
@@ -145,7 +145,7 @@ def _claim_training_dir(out_dir: str, key: str) -> None:
 
 
 @task(name="finetune", **_TRAIN)
-def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out_dir: str) -> dict[str, Any]:
+def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out_dir: str) -> StageRun:
     """Base BERT + labeled data -> classifier, logged and registered in MLflow as `candidate`."""
     from bertflow.bert_core.finetune.stage import run
     from bertflow.tasks.models import register_finetuned
@@ -158,15 +158,15 @@ def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out
         out_dir,
         inputs={"base_model": base_model_dir, "train": cfg.train_path, "valid": cfg.valid_path},
     )
-    if summary["reused"] and summary.get("registry"):
+    if summary.reused and summary.registry is not None:
         return summary  # this exact model is already registered
-    summary["registry"] = register_finetuned(ctx, cfg, summary, base_model_dir)
-    reuse.save(out_dir, summary["stage_key"], summary)
+    summary = dataclasses.replace(summary, registry=register_finetuned(ctx, cfg, summary, base_model_dir))
+    reuse.save(out_dir, summary.stage_key, summary.to_json())
     return summary
 
 
 @task(name="score", **IO_OPTIONS)
-def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> dict[str, Any]:
+def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> StageRun:
     """Parquet lake + model (MLflow URI or local HF dir) -> scored Parquet lake."""
     from bertflow.bert_core.score.stage import run
     from bertflow.tasks.models import resolve_model

@@ -30,8 +30,8 @@ def parent_runs(client: MlflowClient, exp_id: str):
 @pytest.fixture(scope="module")
 def two_pipeline_runs(tiny_pipeline):
     ws, summary = tiny_pipeline
-    client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
-    if len(parent_runs(client, summary["experiment_id"])) < 2:
+    client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
+    if len(parent_runs(client, summary.experiment_id)) < 2:
         from bertflow.flows.pipeline import pipeline
 
         cwd = os.getcwd()
@@ -40,7 +40,7 @@ def two_pipeline_runs(tiny_pipeline):
             pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=list(TINY_OVERRIDES))
         finally:
             os.chdir(cwd)
-    runs = parent_runs(client, summary["experiment_id"])[:2]
+    runs = parent_runs(client, summary.experiment_id)[:2]
     assert len(runs) == 2
     return summary, runs
 
@@ -50,7 +50,7 @@ def mlflow_ui(two_pipeline_runs):
     summary, _ = two_pipeline_runs
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", summary["tracking_uri"],
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", summary.tracking_uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with running(cmd, f"{url}/health", timeout=90):
         yield url
@@ -73,7 +73,7 @@ def browser():
 
 def test_runs_nested_stages_and_compare_view(mlflow_ui, two_pipeline_runs, browser):
     summary, runs = two_pipeline_runs
-    exp = summary["experiment_id"]
+    exp = summary.experiment_id
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
 

@@ -73,8 +73,8 @@ def test_transient_errors_are_retried_user_errors_and_timeouts_are_not(prefect_h
 @pytest.mark.slow
 def test_stage_runs_carry_system_metrics(tiny_pipeline):
     ws, summary = tiny_pipeline
-    client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
-    run = client.get_run(summary["stages"]["pretrain"]["run_id"])
+    client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
+    run = client.get_run(summary.stages["pretrain"].run_id)
     keys = set(run.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, sorted(keys)
     assert 0 <= run.data.metrics["system/cpu_utilization_percentage"] <= 100
@@ -98,28 +98,28 @@ def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(pre
     finally:
         os.chdir(cwd)
 
-    client = MlflowClient(tracking_uri=night1["tracking_uri"], registry_uri=night1["tracking_uri"])
-    assert client.get_run(night1["parent_run_id"]).data.tags["bertflow.continued_from"] == "none"
-    reg1 = night1["stages"]["finetune"]["registry"]
-    assert reg1["promoted"], reg1
-    base = Path(client.get_model_version(reg1["name"], reg1["version"]).tags[BASE_TAG])
-    assert base == Path(reg1["pretrain_base"]) and base.is_relative_to(ws / "champions")
+    client = MlflowClient(tracking_uri=night1.tracking_uri, registry_uri=night1.tracking_uri)
+    assert client.get_run(night1.parent_run_id).data.tags["bertflow.continued_from"] == "none"
+    reg1 = night1.stages["finetune"].registry
+    assert reg1.promoted, reg1
+    base = Path(client.get_model_version(reg1.name, reg1.version).tags[BASE_TAG])
+    assert base == Path(reg1.pretrain_base) and base.is_relative_to(ws / "champions")
     assert (base / "model.safetensors").is_file() and (base / "vocab.txt").is_file()
 
-    parent2 = client.get_run(night2["parent_run_id"])
-    assert parent2.data.tags["bertflow.continued_from"] == f"{reg1['name']} v{reg1['version']}"
+    parent2 = client.get_run(night2.parent_run_id)
+    assert parent2.data.tags["bertflow.continued_from"] == f"{reg1.name} v{reg1.version}"
     assert parent2.data.params["pretrain.init_from"] == str(base)
-    vocab2 = night2["stages"]["vocab"]
-    assert vocab2["details"]["frozen_from"] == str(base) and vocab2["metrics"]["frozen"] == 1.0
+    vocab2 = night2.stages["vocab"]
+    assert vocab2.details["frozen_from"] == str(base) and vocab2.metrics["frozen"] == 1.0
     assert (ws / "vocab" / "vocab.txt").read_bytes() == (base / "vocab.txt").read_bytes()
-    assert night2["stages"]["ingest"]["reused"]
-    pre2 = night2["stages"]["pretrain"]
-    assert pre2["details"]["init_report"] and not pre2["reused"]
+    assert night2.stages["ingest"].reused
+    pre2 = night2.stages["pretrain"]
+    assert pre2.details["init_report"] and not pre2.reused
     assert (ws / "pretrain.previous").is_dir()  # night 1's training set aside, not mixed in
-    reg2 = night2["stages"]["finetune"]["registry"]
-    assert reg2["version"] != reg1["version"] and "candidate_score" in reg2
-    champion = client.get_model_version_by_alias(reg1["name"], "champion")
-    assert str(champion.version) == (reg2["version"] if reg2["promoted"] else reg1["version"])
+    reg2 = night2.stages["finetune"].registry
+    assert reg2.version != reg1.version and reg2.candidate_score is not None
+    champion = client.get_model_version_by_alias(reg1.name, "champion")
+    assert str(champion.version) == (reg2.version if reg2.promoted else reg1.version)
 
 
 def test_configuring_one_workspace_does_not_leak_its_store_to_the_next(tmp_path, monkeypatch):

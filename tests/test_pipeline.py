@@ -22,26 +22,26 @@ def tiny_run(tiny_pipeline):
 
 def test_every_stage_writes_its_directory(tiny_run):
     ws, summary = tiny_run
-    assert list(summary["stages"]) == list(STAGES)
-    for stage, result in summary["stages"].items():
-        out = Path(result["path"])
+    assert list(summary.stages) == list(STAGES)
+    for stage, result in summary.stages.items():
+        out = Path(result.path)
         assert out.is_dir() and out.parent == ws, stage
         assert (out / "manifest.json").is_file(), stage
     last = json.loads((ws / "last_run.json").read_text())  # other tests may have run the pipeline here since
-    assert list(last["stages"]) == list(STAGES) or last["parent_run_id"] == summary["parent_run_id"]
+    assert list(last["stages"]) == list(STAGES) or last["parent_run_id"] == summary.parent_run_id
 
 
 def test_mlflow_has_one_parent_and_six_nested_stage_runs(tiny_run):
     ws, summary = tiny_run
-    uri = summary["tracking_uri"]
+    uri = summary.tracking_uri
     assert uri == f"sqlite:///{ws / 'mlflow.db'}"  # absolute, inside the workspace
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    parent = client.get_run(summary["parent_run_id"])
+    parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["pretrain.hidden_size"] == "64"
     assert "config.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     children = client.search_runs(
-        [summary["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        [summary.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert sorted(r.data.tags["bertflow.stage"] for r in children) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" for r in children)
@@ -53,10 +53,10 @@ def test_mlflow_has_one_parent_and_six_nested_stage_runs(tiny_run):
 
 def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     ws, summary = tiny_run
-    reg = summary["stages"]["finetune"]["registry"]
-    client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
-    mv = client.get_model_version_by_alias(reg["name"], "candidate")
-    assert str(mv.version) == reg["version"]
+    reg = summary.stages["finetune"].registry
+    client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
+    mv = client.get_model_version_by_alias(reg.name, "candidate")
+    assert str(mv.version) == reg.version
     table = ds.dataset(ws / "score", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
     lake = ds.dataset("data/lake" if Path("data/lake").exists() else Path(__file__).parents[1] / "data/lake",
                       format="parquet", partitioning="hive").to_table()
@@ -85,18 +85,18 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, repo_root):
                            overrides=[*TINY_OVERRIDES, "score.probabilities=true"], stages=["score"])
     finally:
         os.chdir(cwd)
-    assert [s for s, r in again["stages"].items() if not r["reused"]] == []
+    assert [s for s, r in again.stages.items() if not r.reused] == []
     assert seconds < 60
-    assert again["parent_run_id"] != first["parent_run_id"]
-    assert not changed["stages"]["score"]["reused"]  # a config change recomputes that stage
+    assert again.parent_run_id != first.parent_run_id
+    assert not changed.stages["score"].reused  # a config change recomputes that stage
 
 
 def test_lineage_datasets_chain_stage_outputs_to_the_next_inputs(tiny_run):
     ws, summary = tiny_run
-    client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
+    client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
 
     def datasets(stage):
-        run = client.get_run(summary["stages"][stage]["run_id"])
+        run = client.get_run(summary.stages[stage].run_id)
         return {(d.dataset.name.split(":")[0], d.tags[0].value): d.dataset.digest for d in run.inputs.dataset_inputs}
 
     ingest, vocab, mask = datasets("ingest"), datasets("vocab"), datasets("mask")

@@ -29,16 +29,16 @@ def test_ray_runner_gives_the_local_output(tiny_pipeline, tmp_path):
     ws, summary = tiny_pipeline
     cfg = load_config(REPO / "configs/tiny.yaml",
                       [*TINY_OVERRIDES, "score.runner=ray", f"score.input={REPO / 'data/lake'}"]).score
-    uri = summary["tracking_uri"]
-    parent = tracking.start_run(uri, summary["experiment_id"], "ray-scoring-test")
-    ctx = TrackingContext(uri, summary["experiment_id"], parent, str(ws))
+    uri = summary.tracking_uri
+    parent = tracking.start_run(uri, summary.experiment_id, "ray-scoring-test")
+    ctx = TrackingContext(uri, summary.experiment_id, parent, str(ws))
 
     @flow(name="ray-scoring-test")
     def parent_flow():
         return run_score_stage(ctx, cfg, str(ws / "finetune" / "model"), str(tmp_path / "ray-scores"))
 
     result = parent_flow()
-    assert result["metrics"]["files_scored"] == 2
+    assert result.metrics["files_scored"] == 2
     ray, local = _sorted_predictions(tmp_path / "ray-scores"), _sorted_predictions(ws / "score")
     assert ray["id"] == local["id"] and ray["label"] == local["label"] and ray["error"] == local["error"]
     assert [s is None for s in ray["score"]] == [s is None for s in local["score"]]
