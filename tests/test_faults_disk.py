@@ -506,9 +506,8 @@ def test_stale_score_lock_of_a_killed_run_does_not_block(tiny_model, tmp_path):
         with pytest.raises(InputError, match="another scoring run holds the lock"):
             score(scfg(lake), tiny_model, out)
     assert (out / LOCK_NAME).exists()  # the dead holder's lock file is still there...
-    t0 = time.monotonic()
-    assert score(scfg(lake), tiny_model, out).metrics["files_scored"] == 1  # ...and does not block
-    assert time.monotonic() - t0 < 30
+    assert score(scfg(lake), tiny_model, out).metrics["files_scored"] == 1  # ...and does not block (no wait: it
+    # would refuse at once, as above, if the dead holder's lock still counted)
 
 
 def test_workspace_lock_refuses_a_second_pipeline_before_mlflow_and_a_dead_holder_does_not_block(

@@ -391,7 +391,7 @@ def test_kill_while_deleting_an_old_checkpoint_leaves_only_complete_ones(pretrai
 
 def _kill_pool_run(call, work_started, out: Path) -> None:
     """Kill a pooled stage run once its workers are busy; every process it started must end within seconds."""
-    psutil = pytest.importorskip("psutil")
+    import psutil
     started: list = []
 
     def ready(pid: int) -> bool:

@@ -428,7 +428,7 @@ def test_config_rejects_dupes_with_dynamic_masking():
 
 
 def test_reads_the_ingestion_stages_output(setup, tmp_path):
-    ingest = pytest.importorskip("bertflow.bert_core.ingest.stage")
+    from bertflow.bert_core.ingest import stage as ingest
     from bertflow.bert_core.ingest.config import IngestConfig
 
     corpus = tmp_path / "corpus"

