@@ -33,7 +33,7 @@ app = typer.Typer(
     help="Raw text to scored data lakes: ingest -> vocab -> mask -> pretrain -> finetune -> score, "
     "as Prefect flows tracked in MLflow.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
 console = Console()
@@ -50,6 +50,20 @@ WorkspaceOpt = Annotated[
     Optional[str],
     typer.Option("--workspace", "-w", help=f"Where outputs and the MLflow store go (default ${ws_mod.ENV_VAR} or ./workspace)."),
 ]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from bertflow import __version__
+
+        print(f"bertflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Raw text to scored data lakes, as Prefect flows tracked in MLflow."""
 
 
 def _run_flow(stages: list[str], config: str | None, overrides: list[str] | None, workspace: str | None) -> None:
