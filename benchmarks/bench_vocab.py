@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.reader import open_corpus
 from bertflow.bert_core.ingest.stage import run as ingest
 from bertflow.bert_core.stageio import read_manifest
 from bertflow.bert_core.vocab.config import VocabConfig
@@ -50,11 +50,10 @@ def write_peer_files(corpus: Path, cutoff: str | None, out: Path) -> tuple[list[
     """Our training documents (all but the hold-out), one .txt file each, for the peer."""
     out.mkdir(parents=True)
     files, size = [], 0
-    for shard in sorted(corpus.glob("shard-*.parquet")):
-        table = pq.read_table(shard, columns=["doc_id", "text"])
+    for batch in open_corpus(corpus).iter_batches(["doc_id", "text"]):
         if cutoff is not None:
-            table = table.filter(pc.greater(table.column("doc_id"), cutoff))
-        for doc_id, text in zip(table.column("doc_id").to_pylist(), table.column("text").to_pylist()):
+            batch = batch.filter(pc.greater(batch.column("doc_id"), cutoff))
+        for doc_id, text in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist()):
             path = out / f"{doc_id}.txt"
             path.write_text(text, encoding="utf-8")
             files.append(str(path))

@@ -74,11 +74,16 @@ def tiny_pipeline(prefect_harness, tmp_path_factory):
     return ws, summary
 
 
-def corpus_texts(corpus: Path) -> list[str]:
-    """Every document of an ingested corpus, in shard order."""
-    import pyarrow.parquet as pq
+def corpus_column(corpus: Path, name: str) -> list:
+    """One column of an ingested corpus, in corpus order (read through the corpus reader, which checks the dir)."""
+    from bertflow.bert_core.ingest.reader import open_corpus
 
-    return [t for shard in sorted(corpus.glob("shard-*.parquet")) for t in pq.read_table(shard).column("text").to_pylist()]
+    return [v for batch in open_corpus(corpus).iter_batches([name]) for v in batch.column(0).to_pylist()]
+
+
+def corpus_texts(corpus: Path) -> list[str]:
+    """Every document of an ingested corpus, in corpus order."""
+    return corpus_column(corpus, "text")
 
 
 @pytest.fixture(scope="module")

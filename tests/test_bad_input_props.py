@@ -45,6 +45,8 @@ from hypothesis import strategies as st
 
 from bertflow.bert_core.errors import BertflowError
 from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.reader import open_corpus
+from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
 from bertflow.bert_core.ingest.stage import run as ingest
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.stage import output_dataset, run as score
@@ -494,8 +496,7 @@ def check_ingest(root: Path, files: list[FileSpec], cfg: IngestConfig, outcome) 
         expected += f.docs
 
     # The corpus, in input order: exactly the kept documents, each once.
-    shards = [pq.read_table(root / "out" / s["name"]) for s in manifest["shards"]]
-    corpus = pa.concat_tables(shards).to_pylist() if shards else []
+    corpus = [row for batch in open_corpus(root / "out").iter_batches(CORPUS_SCHEMA.names) for row in batch.to_pylist()]
     want, seen = [], set()
     for d in expected:
         if d.clean is None or len(d.clean) < max(cfg.min_chars, 1):

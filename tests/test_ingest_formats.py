@@ -16,7 +16,7 @@ from bertflow.bert_core.ingest.config import IngestConfig
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
 from bertflow.bert_core.ingest.stage import run
 from bertflow.bert_core.stageio import read_manifest
-from tests.conftest import corpus_texts
+from tests.conftest import corpus_column, corpus_texts
 
 DOCS = [
     f"Document number {i} talks about topic {i}. It has a second sentence! And a third one?"
@@ -101,7 +101,7 @@ def test_hive_partitioned_parquet_directory(tmp_path):
     result = run(_cfg(root, text_field="body"), tmp_path / "corpus")
     assert corpus_texts(tmp_path / "corpus") == DOCS
     assert result.metrics["files_rejected"] == 0
-    sources = pq.read_table(tmp_path / "corpus" / "shard-00000.parquet").column("source").to_pylist()
+    sources = corpus_column(tmp_path / "corpus", "source")
     assert sources[0].endswith("year=2023/lang=en/part-0.parquet")
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +17,12 @@ import pytest
 
 from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.reader import iter_rows, open_corpus, read_table, sentence_starts
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
 from bertflow.bert_core.ingest.stage import run
-from bertflow.bert_core.stageio import read_manifest
+from bertflow.bert_core.ingest.sentences import sentence_starts as sentence_starts_of
+from bertflow.bert_core.mask.testing import write_corpus
+from bertflow.bert_core.stageio import read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 BOOKS = REPO / "data" / "books"
@@ -29,7 +35,7 @@ def _cfg(*inputs, **kw) -> IngestConfig:
 
 
 def _table(corpus: Path) -> pa.Table:
-    return pa.concat_tables(pq.read_table(s) for s in sorted(corpus.glob("shard-*.parquet")))
+    return pa.Table.from_batches(open_corpus(corpus).iter_batches(CORPUS_SCHEMA.names), schema=CORPUS_SCHEMA)
 
 
 def _doc(i: int) -> str:
@@ -68,8 +74,6 @@ def test_books_corpus_rows_follow_the_schema(books_corpus):
     out, result, _ = books_corpus
     assert pq.read_schema(out / "shard-00000.parquet").equals(CORPUS_SCHEMA)
     table = _table(out)
-    import hashlib
-
     for row in table.to_pylist():
         assert row["doc_id"] == hashlib.blake2b(row["text"].encode(), digest_size=16).hexdigest()
         assert row["n_chars"] == len(row["text"])
@@ -116,11 +120,11 @@ def test_shards_respect_the_size_bound(tmp_path):
     docs = [_doc(i) * 20 for i in range(400)]  # ~1.6 KB each, ~650 KB in all
     result = run(_cfg(_write_docs(tmp_path / "a.jsonl", docs), shard_max_mb=0.1), tmp_path / "corpus")
     bound = int(0.1 * (1 << 20))
-    shards = sorted((tmp_path / "corpus").glob("shard-*.parquet"))
-    assert result.metrics["shards"] == len(shards) >= 6
-    assert [s.name for s in shards] == [f"shard-{i:05d}.parquet" for i in range(len(shards))]
+    shards = open_corpus(tmp_path / "corpus").shards
+    assert result.metrics["shards"] == len(shards) == len(list((tmp_path / "corpus").glob("shard-*.parquet"))) >= 6
+    assert [s.path.name for s in shards] == [f"shard-{i:05d}.parquet" for i in range(len(shards))]
     for shard in shards:
-        size = sum(len(t.encode()) for t in pq.read_table(shard).column("text").to_pylist())
+        size = sum(len(t.encode()) for t in read_table(shard.path, ["text"]).column("text").to_pylist())
         assert bound * 0.8 < size <= bound or shard == shards[-1]
     assert _table(tmp_path / "corpus").column("text").to_pylist() == docs
 
@@ -128,7 +132,7 @@ def test_shards_respect_the_size_bound(tmp_path):
 def test_a_document_bigger_than_the_bound_gets_its_own_shard(tmp_path):
     docs = [_doc(0), "x" * 200_000, _doc(1)]
     run(_cfg(_write_docs(tmp_path / "a.jsonl", docs), shard_max_mb=0.1), tmp_path / "corpus")
-    rows = [pq.read_table(s).num_rows for s in sorted((tmp_path / "corpus").glob("shard-*.parquet"))]
+    rows = [s.rows for s in open_corpus(tmp_path / "corpus").shards]
     assert rows == [1, 1, 1]
 
 
@@ -165,6 +169,99 @@ def test_two_workers_give_the_identical_corpus(tmp_path):
     assert one.details["rejected"][0]["reason"] == two.details["rejected"][0]["reason"]
     assert two.metrics["files_rejected"] == 1
     assert read_manifest(tmp_path / "two")["workers"] == 2
+
+
+# ------------------------------------------------------------------ reading the corpus back (ingest/reader.py)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    docs = [_doc(i) * (1 + i % 7) for i in range(300)]
+    result = run(_cfg(_write_docs(root / "a.jsonl", docs), shard_max_mb=0.01), root / "corpus")
+    return root / "corpus", docs, result
+
+
+def test_reader_reads_back_what_ingest_wrote(small_corpus):
+    out, docs, result = small_corpus
+    corpus = open_corpus(out)
+    listed = read_manifest(out, "ingest")["shards"]
+    assert [(s.index, s.path.name, s.rows) for s in corpus.shards] == [(i, e["name"], e["rows"]) for i, e in enumerate(listed)]
+    assert len(corpus.shards) >= 3 and corpus.docs == len(docs) == result.metrics["docs_out"]
+    assert corpus.fingerprint == result.details["corpus_fingerprint"]
+    assert corpus.text_bytes == sum(len(d.encode()) for d in docs)
+    rows = [r for batch in corpus.iter_batches(CORPUS_SCHEMA.names, batch_rows=7) for r in batch.to_pylist()]
+    assert [r["text"] for r in rows] == docs
+    for r in rows:
+        assert r["doc_id"] == hashlib.blake2b(r["text"].encode(), digest_size=16).hexdigest()
+        assert r["n_chars"] == len(r["text"]) and r["sent_starts"] == sentence_starts_of(r["text"])
+    ids = [i for s in corpus.shards for i in read_table(s.path, ["doc_id"]).column("doc_id").to_pylist()]
+    assert ids == [r["doc_id"] for r in rows]
+
+
+def test_reader_reads_row_ranges_across_row_groups(tmp_path):
+    docs = [_doc(i) * (1 + i % 5) for i in range(200)]
+    corpus = open_corpus(write_corpus(tmp_path / "corpus", docs, docs_per_shard=100, row_group_mb=0.002))
+    shard = corpus.shards[1]
+    assert shard.rows == 100 and shard.row_groups >= 5
+    for start, end in [(0, 100), (13, 57), (99, 100), (40, 40)]:
+        want = docs[100 + start:100 + end]
+        batches = list(iter_rows(shard.path, start, end, ["doc_id", "text", "sent_starts"], batch_rows=6))
+        assert [t for b in batches for t in b.column("text").to_pylist()] == want
+        starts = [s for b in batches for s in sentence_starts(b.column("sent_starts"), b.column("text").to_pylist(),
+                                                               b.column("doc_id").to_pylist(), shard.path)]
+        assert [s.tolist() for s in starts] == [sentence_starts_of(d) for d in want]
+
+
+def _set_manifest(d: Path, **changes) -> None:
+    manifest = read_manifest(d)
+    manifest.update(changes)
+    write_manifest(d, {k: v for k, v in manifest.items() if v is not None})
+
+
+def _rewrite_shard(path: Path, change) -> None:
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+BAD_CORPORA = {
+    "no directory": (lambda d, shard: shutil.rmtree(d), r"corpus directory {dir} does not exist"),
+    "no manifest": (lambda d, shard: (d / "manifest.json").unlink(), r"{dir} is not .*: manifest.json is missing"),
+    "another stage": (lambda d, shard: _set_manifest(d, stage="vocab"), r"{dir} is not an ingest output .*stage='vocab'"),
+    "no fingerprint": (lambda d, shard: _set_manifest(d, corpus_fingerprint=None), r"{dir}/manifest.json has no corpus_fingerprint"),
+    "no shards listed": (lambda d, shard: _set_manifest(d, shards=[]), r"{dir}/manifest.json lists no shards"),
+    "shard missing": (lambda d, shard: shard.unlink(), r"corpus shard {shard} is listed in {dir}/manifest.json but missing"),
+    "shard truncated": (lambda d, shard: shard.write_bytes(shard.read_bytes()[:-100]),
+                        r"corpus shard {shard} is not a readable Parquet file"),
+    "shard short of rows": (lambda d, shard: _rewrite_shard(shard, lambda t: t.slice(1)),
+                            r"corpus shard {shard} holds \d+ rows but {dir}/manifest.json says"),
+    "column missing": (lambda d, shard: _rewrite_shard(shard, lambda t: t.drop_columns(["source"])),
+                       r"corpus shard {shard} has no 'source' column"),
+    "column of another type": (lambda d, shard: _rewrite_shard(shard, lambda t: t.set_column(3, "n_chars", t.column(3).cast(pa.int64()))),
+                               r"corpus shard {shard}: column 'n_chars' is int64, expected int32"),
+    "extra column": (lambda d, shard: _rewrite_shard(shard, lambda t: t.append_column("lang", pa.array(["en"] * len(t)))),
+                     r"corpus shard {shard} has columns \['lang'\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CORPORA))
+def test_reader_names_what_is_wrong_with_a_corpus_dir(small_corpus, tmp_path, case):
+    d = tmp_path / "corpus"
+    shutil.copytree(small_corpus[0], d)
+    shard = d / "shard-00001.parquet"
+    damage, message = BAD_CORPORA[case]
+    damage(d, shard)
+    with pytest.raises(InputError, match=message.format(dir=re.escape(str(d)), shard=re.escape(str(shard)))):
+        open_corpus(d)
+
+
+def test_a_shard_cut_after_opening_is_named_when_read(small_corpus, tmp_path):
+    d = tmp_path / "corpus"
+    shutil.copytree(small_corpus[0], d)
+    corpus = open_corpus(d)
+    shard = corpus.shards[1].path
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(InputError, match=rf"corpus shard {re.escape(str(shard))} cannot be read"):
+        list(corpus.iter_batches(["text"]))
 
 
 # ------------------------------------------------------------------ bad input

@@ -366,10 +366,13 @@ def test_a_directory_that_is_not_a_corpus_is_refused(setup, tmp_path):
     with pytest.raises(InputError, match="manifest.json"):
         run(MaskConfig(num_workers=1), setup["tok"], setup["tok"], tmp_path / "out")  # the tokenizer dir
     masked, _ = generate(setup, "not-a-corpus", recipe="full", max_seq_length=32)
-    with pytest.raises(InputError, match="'doc_id'"):  # masked data: shards, but not corpus shards
+    with pytest.raises(InputError, match="not an ingest output .*stage='mask'"):
         run(MaskConfig(num_workers=1), masked, setup["tok"], tmp_path / "out")
-    write_manifest(masked, {"stage": "something else"})
+    write_manifest(masked, {"stage": "ingest"})
     with pytest.raises(InputError, match="corpus_fingerprint"):
+        run(MaskConfig(num_workers=1), masked, setup["tok"], tmp_path / "out")
+    write_manifest(masked, {"stage": "ingest", "corpus_fingerprint": "f", "shards": [{"name": "shard-00000.parquet"}]})
+    with pytest.raises(InputError, match="'doc_id'"):  # masked data: shards, but not corpus shards
         run(MaskConfig(num_workers=1), masked, setup["tok"], tmp_path / "out")
     with pytest.raises(InputError, match="does not exist"):
         run(MaskConfig(num_workers=1), tmp_path / "nowhere", setup["tok"], tmp_path / "out")
@@ -403,7 +406,7 @@ def test_bad_sentence_offsets_name_the_document(setup, tmp_path):
     table = pa.table({"doc_id": ["good", "bad"], "source": ["s", "s"], "text": ["Ab cd. Ef gh.", "Ij kl. Mn op."],
                       "n_chars": [13, 13], "sent_starts": [[0, 7], [0, 40]]}, schema=CORPUS_SCHEMA)
     pq.write_table(table, d / "shard-00000.parquet")
-    write_manifest(d, {"corpus_fingerprint": "f"})
+    write_manifest(d, {"stage": "ingest", "corpus_fingerprint": "f", "shards": [{"name": "shard-00000.parquet"}]})
     with pytest.raises(InputError, match="document bad"):
         run(MaskConfig(num_workers=1), d, setup["tok"], tmp_path / "out")
 

@@ -6,7 +6,6 @@ import gzip
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from bertflow.bert_core.errors import ConfigError, InputError
@@ -16,6 +15,7 @@ from bertflow.bert_core.stageio import file_digest, read_manifest
 from bertflow.bert_core.vocab.config import VocabConfig
 from bertflow.bert_core.vocab.stage import run, tokenizer_fingerprint
 from bertflow.bert_core.vocab.tokenizer import SPECIAL_TOKENS, from_vocab_file
+from tests.conftest import corpus_column
 
 REPO = Path(__file__).resolve().parents[1]
 BOOKS = REPO / "data" / "books"
@@ -86,7 +86,7 @@ def test_manifest_records_config_fingerprints_and_coverage(vocab_dir, corpus):
 def test_holdout_documents_are_not_trained_on(vocab_dir, corpus):
     out, _, _ = vocab_dir
     cutoff = read_manifest(out)["training"]["holdout_cutoff_doc_id"]
-    ids = sorted(i for s in sorted(corpus.glob("shard-*.parquet")) for i in pq.read_table(s).column("doc_id").to_pylist())
+    ids = sorted(corpus_column(corpus, "doc_id"))
     assert ids[99] == cutoff  # the 100 smallest doc ids
     tiny = run(VocabConfig(**SMALL, holdout_docs=10_000, holdout_max_fraction=0.05), corpus, out.parent / "tiny_holdout")
     assert tiny.metrics["holdout_docs"] == int(0.05 * len(ids))

@@ -27,8 +27,9 @@ import numpy as np
 
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.ingest.reader import open_corpus
 from bertflow.bert_core.mask.config import MaskConfig
-from bertflow.bert_core.mask.corpus import open_corpus, plan_units
+from bertflow.bert_core.mask.corpus import plan_units
 from bertflow.bert_core.mask.shards import plan_shards, write_shard
 from bertflow.bert_core.mask.tokenizer import load_tokenizer, word_starts_of
 from bertflow.bert_core.mask.worker import UnitJob, UnitResult, process_unit
@@ -46,7 +47,7 @@ def run(cfg: MaskConfig, corpus_dir: str | Path, tokenizer_dir: str | Path, out_
     tokenizer, info = load_tokenizer(tokenizer_dir)
     units = plan_units(corpus, cfg.unit_mb)
     if not units:
-        raise InputError(f"corpus {corpus.directory} holds no documents (re-run the ingest stage)")
+        raise InputError(f"corpus {corpus.path} holds no documents (re-run the ingest stage)")
     progress = on_progress or (lambda done, total: None)
     with atomic_dir(out_dir) as tmp, _pool(cfg.num_workers, len(units)) as pool:
         parts_dir = tmp / PARTS_DIR
@@ -60,7 +61,7 @@ def run(cfg: MaskConfig, corpus_dir: str | Path, tokenizer_dir: str | Path, out_
         t_units = time.perf_counter()
         totals = _totals(results)
         if totals["sequences"] == 0:
-            raise InputError(_nothing_made(corpus.directory, totals, cfg))
+            raise InputError(_nothing_made(corpus.path, totals, cfg))
         parts = [p for r in results for p in r.parts]
         shard_jobs = plan_shards(parts, cfg.rows_per_shard, cfg.seed, str(parts_dir), str(tmp),
                                  cfg.row_group_rows, cfg.compression)
@@ -107,7 +108,7 @@ def _step_seconds(results: list[UnitResult]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def _nothing_made(corpus_dir: str, totals: dict[str, int], cfg: MaskConfig) -> str:
+def _nothing_made(corpus_dir: str | Path, totals: dict[str, int], cfg: MaskConfig) -> str:
     why = f"{totals['docs']} document(s) read, {totals['docs_skipped_short']} with fewer than 2 tokens"
     if cfg.recipe == "nsp":
         why += f", {totals['docs_skipped_sentences']} with fewer than 2 sentences (nsp needs sentence boundaries)"

@@ -1,4 +1,4 @@
-"""Reading an ingest corpus for vocabulary training: validation, hold-out, sampling caps.
+"""Which corpus documents train the vocabulary: hold-out and sampling caps.
 
 Both choices are by ``doc_id`` (a content hash, so effectively random and fully
 deterministic, independent of file order and sharding):
@@ -10,7 +10,7 @@ deterministic, independent of file order and sharding):
   so that the expected sample meets the caps; the caps are then enforced exactly, in
   corpus order.
 
-Shards are read one at a time with ``ParquetFile.iter_batches``, so memory stays flat.
+The corpus itself is read (and checked) by :mod:`bert_core.ingest.reader`.
 """
 
 from __future__ import annotations
@@ -18,59 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from bertflow.bert_core.errors import InputError
-from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA, SHARD_GLOB
-from bertflow.bert_core.stageio import read_manifest
+from bertflow.bert_core.ingest.reader import Corpus, CorpusShard, read_table
 from bertflow.bert_core.vocab.config import VocabConfig
-
-
-@dataclass
-class Corpus:
-    path: Path
-    shards: list[Path]
-    manifest: dict
-    docs: int
-    text_bytes: int
-
-    @property
-    def fingerprint(self) -> str | None:
-        return self.manifest.get("corpus_fingerprint")
-
-
-def open_corpus(corpus_dir: str | Path) -> Corpus:
-    """Validate that ``corpus_dir`` is an ingest output; InputError (naming what is wrong) if not."""
-    path = Path(corpus_dir)
-    if not path.is_dir():
-        raise InputError(f"corpus directory {path} does not exist (run the ingest stage first)")
-    manifest = read_manifest(path, "ingest")
-    if manifest.get("stage") != "ingest":
-        raise InputError(f"{path} is not an ingest output (its manifest says stage={manifest.get('stage')!r})")
-    shards = sorted(path.glob(SHARD_GLOB))
-    if not shards:
-        raise InputError(f"corpus directory {path} holds no {SHARD_GLOB} files (re-run the ingest stage)")
-    listed = {s.get("name") for s in manifest.get("shards", [])}
-    missing = sorted(listed - {s.name for s in shards})
-    if missing:
-        raise InputError(f"corpus directory {path} is incomplete: {missing[0]} is listed in its manifest but missing")
-    docs = 0
-    for shard in shards:
-        try:
-            meta = pq.read_metadata(shard)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"corpus shard {shard} is not a readable Parquet file: {exc}") from None
-        schema = meta.schema.to_arrow_schema()
-        if not schema.equals(CORPUS_SCHEMA):
-            raise InputError(f"corpus shard {shard} does not have the corpus schema (columns {schema.names})")
-        docs += meta.num_rows
-    text_bytes = int(manifest.get("counts", {}).get("text_bytes_out") or 0)
-    return Corpus(path, shards, manifest, docs, text_bytes)
 
 
 @dataclass
@@ -109,11 +63,11 @@ def plan_selection(corpus: Corpus, cfg: VocabConfig) -> Selection:
     return Selection(cutoff, k, threshold, cfg.max_docs, cfg.max_bytes, cfg.holdout_eval_chars)
 
 
-def _kth_smallest_doc_id(shards: list[Path], k: int) -> str:
+def _kth_smallest_doc_id(shards: tuple[CorpusShard, ...], k: int) -> str:
     """The k-th smallest doc_id over all shards, reading only that column, shard by shard."""
     best: list[str] = []
     for shard in shards:
-        ids = pq.read_table(shard, columns=["doc_id"]).column("doc_id").combine_chunks()
+        ids = read_table(shard.path, ["doc_id"]).column("doc_id").combine_chunks()
         local = pc.take(ids, pc.array_sort_indices(ids)[:k]).to_pylist()
         best = sorted(best + local)[:k]
     return best[-1]
@@ -121,25 +75,23 @@ def _kth_smallest_doc_id(shards: list[Path], k: int) -> str:
 
 def iter_training_texts(corpus: Corpus, sel: Selection, batch_rows: int) -> Iterator[list[str]]:
     """Yield lists of training texts; set aside held-out texts in ``sel``; stop at the caps."""
-    for shard in corpus.shards:
-        with pq.ParquetFile(shard) as pf:
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=["doc_id", "text"], use_threads=False):
-                ids, texts = batch.column(0), batch.column(1)
-                keep = None
-                if sel.holdout_cutoff is not None:
-                    held = pc.less_equal(ids, sel.holdout_cutoff)
-                    _collect_holdout(sel, pc.filter(ids, held), pc.filter(texts, held))
-                    keep = pc.invert(held)
-                if sel.sample_threshold is not None:
-                    sampled = pc.less(pc.utf8_slice_codeunits(ids, 24, 32), sel.sample_threshold)
-                    keep = sampled if keep is None else pc.and_(keep, sampled)
-                if keep is not None:
-                    texts = pc.filter(texts, keep)
-                texts = _apply_caps(sel, texts)
-                if len(texts):
-                    yield texts.to_pylist()
-                if sel.capped:
-                    return
+    for batch in corpus.iter_batches(["doc_id", "text"], batch_rows):
+        ids, texts = batch.column(0), batch.column(1)
+        keep = None
+        if sel.holdout_cutoff is not None:
+            held = pc.less_equal(ids, sel.holdout_cutoff)
+            _collect_holdout(sel, pc.filter(ids, held), pc.filter(texts, held))
+            keep = pc.invert(held)
+        if sel.sample_threshold is not None:
+            sampled = pc.less(pc.utf8_slice_codeunits(ids, 24, 32), sel.sample_threshold)
+            keep = sampled if keep is None else pc.and_(keep, sampled)
+        if keep is not None:
+            texts = pc.filter(texts, keep)
+        texts = _apply_caps(sel, texts)
+        if len(texts):
+            yield texts.to_pylist()
+        if sel.capped:
+            return
 
 
 def _collect_holdout(sel: Selection, ids: pa.Array, texts: pa.Array) -> None:
@@ -164,16 +116,15 @@ def complete_holdout(corpus: Corpus, sel: Selection) -> None:
     if sel.holdout_cutoff is None or sel.holdout_complete:
         return
     for shard in corpus.shards:
-        with pq.ParquetFile(shard) as pf:
-            for rg in range(pf.num_row_groups):
-                ids = pf.read_row_group(rg, columns=["doc_id"]).column(0)
-                if not pc.any(pc.less_equal(ids, sel.holdout_cutoff)).as_py():
-                    continue
-                table = pf.read_row_group(rg, columns=["doc_id", "text"])
-                held = pc.less_equal(table.column(0), sel.holdout_cutoff)
-                _collect_holdout(sel, pc.filter(table.column(0), held), pc.filter(table.column(1), held))
-                if sel.holdout_complete:
-                    return
+        for rg in range(shard.row_groups):
+            ids = read_table(shard.path, ["doc_id"], [rg]).column(0)
+            if not pc.any(pc.less_equal(ids, sel.holdout_cutoff)).as_py():
+                continue
+            table = read_table(shard.path, ["doc_id", "text"], [rg])
+            held = pc.less_equal(table.column(0), sel.holdout_cutoff)
+            _collect_holdout(sel, pc.filter(table.column(0), held), pc.filter(table.column(1), held))
+            if sel.holdout_complete:
+                return
 
 
 def _apply_caps(sel: Selection, texts: pa.Array) -> pa.Array:

@@ -13,9 +13,10 @@ import tokenizers
 
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.ingest.reader import Corpus, iter_batches, open_corpus
 from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, write_manifest
 from bertflow.bert_core.vocab.config import VocabConfig
-from bertflow.bert_core.vocab.corpus import complete_holdout, iter_training_texts, open_corpus, plan_selection
+from bertflow.bert_core.vocab.corpus import complete_holdout, iter_training_texts, plan_selection
 from bertflow.bert_core.vocab.coverage import coverage
 from bertflow.bert_core.vocab.tokenizer import SPECIAL_TOKENS, canonical_ids, finish, new_tokenizer, save_hf_dir, wordpiece_trainer
 
@@ -105,16 +106,13 @@ def run(cfg: VocabConfig, corpus_dir: str | Path, out_dir: str | Path, on_progre
     return StageResult("vocab", str(final), {k: float(v) for k, v in metrics.items()}, details)
 
 
-def _first_texts(corpus, cfg: VocabConfig) -> list[str]:
-    import pyarrow.parquet as pq
-
+def _first_texts(corpus: Corpus, cfg: VocabConfig) -> list[str]:
     out: list[str] = []
     size = 0
-    with pq.ParquetFile(corpus.shards[0]) as pf:
-        for batch in pf.iter_batches(batch_size=cfg.batch_rows, columns=["text"]):
-            for text in batch.column(0).to_pylist():
-                out.append(text[: cfg.holdout_eval_chars - size])
-                size += len(out[-1])
-                if size >= cfg.holdout_eval_chars:
-                    return out
+    for batch in iter_batches(corpus.shards[0].path, ["text"], cfg.batch_rows):
+        for text in batch.column(0).to_pylist():
+            out.append(text[: cfg.holdout_eval_chars - size])
+            size += len(out[-1])
+            if size >= cfg.holdout_eval_chars:
+                return out
     return out
