@@ -49,11 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a bare checkout on the GPU machine (no editable install)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 SIZES = {  # layers, hidden, heads, intermediate
     "base": (12, 768, 12, 3072),

