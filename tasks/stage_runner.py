@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +118,14 @@ def run_stage(
         if manifest.is_file():
             tracking.log_artifact(uri, run_id, manifest)
         tracking.set_tags(uri, run_id, {"bertflow.output": result.path})
-    _table_artifacts(stage, result.details)
+    details = _jsonable(result.details)
+    _table_artifacts(stage, details)
     logger.info("%s finished in %.1fs -> %s", stage, seconds, result.path)
     summary = {
         "stage": stage,
         "path": result.path,
         "metrics": dict(result.metrics),
-        "details": _jsonable(result.details),
+        "details": details,
         "run_id": run_id,
         "seconds": seconds,
         "reused": False,
@@ -159,6 +160,8 @@ def _table_artifacts(stage: str, details: dict[str, Any]) -> None:
 
 
 def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):  # typed results, e.g. scoring's FileResult
+        return _jsonable(asdict(value))
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
