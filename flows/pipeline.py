@@ -127,11 +127,7 @@ def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContex
         return task(stage_tasks.finetune)(ctx, cfg.finetune, model_dir, str(ws.finetune))
     if stage == "score":
         model = cfg.score.model_uri or _need(ws.finetune / "model", "finetune")
-        if cfg.score.runner == "ray":
-            from bertflow.flows.score import run_score_stage
-
-            return run_score_stage(ctx, cfg.score, model, str(ws.score))
-        return task(stage_tasks.score)(ctx, cfg.score, model, str(ws.score))
+        return task(stage_tasks.score)(ctx, cfg.score, model, str(ws.score))  # cfg.score.runner: where files run
     raise AssertionError(stage)
 
 

@@ -161,9 +161,10 @@ def run_stage(
         if manifest.is_file():
             tracking.log_artifact(uri, run_id, manifest)
         tracking.set_tags(uri, run_id, {"bertflow.output": result.path})
-    _table_artifacts(stage, result.details)
+    details = _jsonable(result.details)
+    _table_artifacts(stage, details)
     logger.info("%s finished in %.1fs -> %s", stage, seconds, result.path)
-    summary = StageRun(stage=stage, path=result.path, metrics=dict(result.metrics), details=_jsonable(result.details),
+    summary = StageRun(stage=stage, path=result.path, metrics=dict(result.metrics), details=details,
                        run_id=run_id, seconds=seconds, reused=False, stage_key=key)
     reuse.save(out_dir, key, summary.to_json())
     return summary
@@ -194,7 +195,7 @@ def _table_artifacts(stage: str, details: dict[str, Any]) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # typed results, e.g. scoring's FileResult
         return _jsonable(asdict(value))
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

@@ -745,8 +745,8 @@ def check_score(root: Path, files: list[ScoreFile], how: str, cfg: ScoreConfig, 
     assert files and not (readable and all(problems[f.rel] for f in readable)), "should have raised"
 
     result = outcome
-    failed = {f["input"]: f["reason"] for f in result.details["failed"]}
-    by_input = {f["input"]: f for f in result.details["files"]}
+    failed = {f.input: f.reason for f in result.failed}
+    by_input = {f.input: f for f in result.files}
     rows = 0
     for f in files:
         rel = Path(f.rel).name if how == "file" else f.rel
@@ -756,7 +756,7 @@ def check_score(root: Path, files: list[ScoreFile], how: str, cfg: ScoreConfig, 
             assert str(root / "lake" / f.rel) in failed[rel]  # the reason names the file
             assert not target.exists()
             continue
-        assert by_input[rel]["status"] == "scored", by_input[rel]
+        assert by_input[rel].status == "scored", by_input[rel]
         got, src = pq.read_table(target), pq.read_table(io.BytesIO(f.data))
         assert got.num_rows == src.num_rows  # rows in = rows out, in order
         rows += src.num_rows
@@ -969,7 +969,7 @@ def test_score_dictionary_text_with_invalid_utf8_flags_rows_not_the_file(tiny_mo
     pq.write_table(pa.table({"text": text, "id": range(6)}), tmp_path / "lake" / "a.parquet", row_group_size=4)
     result = score(ScoreConfig(input=str(tmp_path / "lake"), device="cpu", read_batch_rows=3), tiny_model,
                    tmp_path / "out")
-    assert not result.details["failed"]
+    assert not result.failed
     got = pq.read_table(tmp_path / "out" / "a.parquet").to_pylist()
     assert [r["id"] for r in got] == list(range(6))
     assert [r["error"] for r in got] == [None, "invalid_utf8", None, "null_text", "invalid_utf8", None]

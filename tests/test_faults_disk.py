@@ -384,8 +384,8 @@ def test_lake_file_vanishing_between_listing_and_reading_is_named(tiny_model, tm
     make_lake(lake, files=3, rows=6)
     doomed = lake / "part-002.parquet"
     result = score(scfg(lake), tiny_model, out, on_progress=lambda done, total: doomed.unlink(missing_ok=True))
-    assert [f["input"] for f in result.details["failed"]] == ["part-002.parquet"]
-    assert str(doomed) in result.details["failed"][0]["reason"]
+    assert [f.input for f in result.failed] == ["part-002.parquet"]
+    assert str(doomed) in result.failed[0].reason
     assert result.metrics["files_scored"] == 2 and read_out(out).num_rows == 12 and hidden_leftovers(out) == []
 
 
@@ -545,15 +545,15 @@ def test_disk_full_in_the_mapped_prefect_scoring_task_is_one_clear_error(tiny_mo
     The body is called directly (``.fn``) in a forked child under a file-size limit; that Prefect does not
     retry such an error (an InputError) is shown with a real flow in ``test_orchestration``.
     """
-    from bertflow.bert_core.score.stage import plan
-    from bertflow.flows.score import score_file_task
+    from bertflow.bert_core.score.stage import FileWork, plan
+    from bertflow.tasks.score_files import score_file_task
 
     lake, out = tmp_path / "lake", tmp_path / "scores"
     lake.mkdir()
     big_lake_file(lake / "part-0.parquet")
     out.mkdir()
     (job,) = plan(scfg(lake), out, model_dir=tiny_model)
-    status, kind, clear, msg = run_forked(lambda: score_file_task.fn(scfg(lake), job, str(tiny_model), str(tiny_model)),
+    status, kind, clear, msg = run_forked(lambda: score_file_task.fn(FileWork(scfg(lake), str(tiny_model)), job),
                                           fsize=LIMIT)
     assert status == "raised" and clear, msg
     assert msg.startswith(f"no space left writing {out / 'part-0.parquet'}"), msg

@@ -187,7 +187,7 @@ def test_corrupt_files_are_reported_and_the_others_scored(tiny_model, tmp_path):
     out = tmp_path / "out"
     result = run(cfg(lake), tiny_model, out)
     assert result.metrics["files_failed"] == 2 and result.metrics["files_scored"] == 3
-    failed = {f["input"]: f["reason"] for f in result.details["failed"]}
+    failed = {f.input: f.reason for f in result.failed}
     assert set(failed) == {"part-bad.parquet", "part-cut.parquet"}
     assert all("part-" in reason and "Parquet" in reason for reason in failed.values())
     manifest = read_manifest(out, "score")
@@ -214,7 +214,7 @@ def test_reruns_skip_committed_files_and_redo_changed_ones(tiny_model, tmp_path)
     assert [j.reason for j in plan(cfg(lake, probabilities=True), out)] == ["config changed"] * 3
     # score_file is idempotent: a committed file returns at once.
     job = plan(cfg(lake), out, model_dir=tiny_model)[0]
-    assert score_file(cfg(lake), job, tiny_model)["status"] == "skipped"
+    assert score_file(cfg(lake), job, tiny_model).status == "skipped"
     # A different model makes every output stale.
     other = tmp_path / "other-model"
     other.mkdir()
@@ -269,6 +269,42 @@ def test_filejob_round_trips_through_pickle(tiny_model, tmp_path):
     job = plan(cfg(tmp_path / "lake"), tmp_path / "out")[0]
     assert isinstance(job, FileJob) and pickle.loads(pickle.dumps(job)) == job
     assert job.rows == 3 and not job.committed and job.reason == "new"
+
+
+def test_a_file_scorer_decides_only_where_files_are_scored(tiny_model, tmp_path):
+    """Plan, model check, commit and manifest are run()'s whatever the scorer; results come back in any order."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    lake = tmp_path / "lake"
+    make_lake(lake, files=3, rows=10)
+    (lake / "part-bad.parquet").write_bytes(b"not parquet" * 10)
+    ran = []
+
+    def last_first_in_a_thread(jobs, work, on_rows):  # reports finished files only, no rows within a file
+        with ThreadPoolExecutor(1) as pool:
+            for job in reversed(jobs):
+                ran.append(job.rel_path)
+                yield pool.submit(work, job).result()
+
+    seen = []
+    custom = run(cfg(lake), tiny_model, tmp_path / "custom", score_files=last_first_in_a_thread,
+                 on_progress=lambda done, total: seen.append((done, total)))
+    default = run(cfg(lake), tiny_model, tmp_path / "default")
+    assert ran == ["part-bad.parquet", "part-002.parquet", "part-001.parquet", "part-000.parquet"]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (30, 30)
+
+    def same(f):
+        return {k: v for k, v in f.to_dict().items() if k not in ("output", "seconds")}
+
+    assert [same(f) for f in custom.files] == [same(f) for f in default.files]  # plan order, same fields and counts
+    assert [f.status for f in custom.files] == ["scored"] * 3 + ["failed"] and "part-bad" in custom.failed[0].reason
+    assert custom.metrics.keys() == default.metrics.keys() and custom.metrics["files_failed"] == 1
+    assert read_out(tmp_path / "custom").sort_by("id").equals(read_out(tmp_path / "default").sort_by("id"))
+    assert all(pickle.loads(pickle.dumps(f)) == f for f in custom.files)  # Prefect and Ray ship them
+    assert custom.files[0].tokens > 0 and custom.files[-1].reason and not custom.files[0].reason
+    with pytest.raises(RuntimeError, match="returned no result for .*part-000.parquet"):
+        run(cfg(lake), tiny_model, tmp_path / "lost", score_files=lambda jobs, work, on_rows: [])
 
 
 CHILD = textwrap.dedent("""

@@ -1,14 +1,23 @@
-"""Scale-out: scoring mapped over files on a local 2-CPU Ray through prefect-ray equals the local runner."""
+"""Scoring runners share one path: the Ray runner (prefect-ray, a local 2-CPU Ray) plans, checks the model,
+commits and reports exactly as the local runner does; only where each file is scored differs."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import shutil
+
 import pyarrow.compute as pc
 import pytest
+from mlflow.tracking import MlflowClient
 
-from bertflow.bert_core.config import load_config
-from tests.conftest import REPO, TINY_OVERRIDES
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.score.results import FileResult
+from bertflow.bert_core.stageio import read_manifest
+from tests.test_score import cfg as score_cfg
+from tests.test_score import make_lake
 
-pytestmark = pytest.mark.slow
+FIELDS = {f.name for f in dataclasses.fields(FileResult)}
 
 
 def _sorted_predictions(path):
@@ -18,28 +27,98 @@ def _sorted_predictions(path):
     return table.take(pc.sort_indices(table, [("id", "ascending")])).to_pydict()
 
 
-def test_ray_runner_gives_the_local_output(tiny_pipeline, tmp_path):
-    from prefect import flow
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """One tracked workspace for the module (creating an MLflow SQLite store takes seconds)."""
+    return tmp_path_factory.mktemp("runners-ws")
 
-    from bertflow.flows.score import run_score_stage
-    from bertflow.tasks import tracking
+
+def _score_stage(ws, outs: dict[str, tuple]) -> dict:
+    """Run the pipeline's score stage task once per ``name: (cfg, model_dir)``, in one flow, tracked in ``ws``."""
+    from prefect import flow
+    from prefect.context import get_run_context
+
+    from bertflow.tasks import stages, tracking
     from bertflow.tasks.stage_runner import TrackingContext
 
-    ws, summary = tiny_pipeline
-    cfg = load_config(REPO / "configs/tiny.yaml",
-                      [*TINY_OVERRIDES, "score.runner=ray", f"score.input={REPO / 'data/lake'}"]).score
-    uri = summary.tracking_uri
-    parent = tracking.start_run(uri, summary.experiment_id, "ray-scoring-test")
-    ctx = TrackingContext(uri, summary.experiment_id, parent, str(ws))
+    uri = tracking.configure(ws)
+    exp = tracking.ensure_experiment(uri, "runners", ws)
+    parent = tracking.start_run(uri, exp, "runners")
+    ctx = TrackingContext(uri, exp, parent, str(ws))
 
-    @flow(name="ray-scoring-test")
-    def parent_flow():
-        return run_score_stage(ctx, cfg, str(ws / "finetune" / "model"), str(tmp_path / "ray-scores"))
+    @flow(name="score-runners")
+    def score_all():
+        flow_run_id = str(get_run_context().flow_run.id)
+        return {name: stages.score(ctx, cfg, str(model), str(ws / name)) for name, (cfg, model) in outs.items()} | {
+            "flow_run_id": flow_run_id, "tracking_uri": uri, "parent_run_id": parent}
 
-    result = parent_flow()
-    assert result.metrics["files_scored"] == 2
-    ray, local = _sorted_predictions(tmp_path / "ray-scores"), _sorted_predictions(ws / "score")
-    assert ray["id"] == local["id"] and ray["label"] == local["label"] and ray["error"] == local["error"]
-    assert [s is None for s in ray["score"]] == [s is None for s in local["score"]]
-    assert [s for s in ray["score"] if s is not None] == pytest.approx([s for s in local["score"] if s is not None],
-                                                                      abs=1e-5)
+    return score_all()
+
+
+@pytest.mark.parametrize("runner", ["local", "ray"])
+def test_a_damaged_model_fails_the_run_once_before_any_file(prefect_harness, tiny_model, ws, tmp_path, runner):
+    """Bug: the Ray path skipped the model check, so a damaged model became every file failed."""
+    if runner == "ray":
+        model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    make_lake(tmp_path / "lake", files=3, rows=4)
+    cfg = score_cfg(tmp_path / "lake", runner=runner)
+    with pytest.raises(InputError, match=f"weights file {re.escape(str(weights))} is truncated or corrupt") as err:
+        _score_stage(ws, {f"damaged-{runner}": (cfg, model)})
+    assert str(err.value).count(str(weights)) == 1  # one error for the model, not one per file
+    out = ws / f"damaged-{runner}"
+    assert not (out / "manifest.json").exists()  # no run reported, so no file marked failed
+    assert not list(out.rglob("*.parquet"))
+
+
+@pytest.mark.slow
+def test_ray_runner_gives_the_local_output_manifest_and_results(prefect_harness, tiny_model, ws, tmp_path):
+    lake = tmp_path / "lake"
+    make_lake(lake, files=3, rows=16, seed=3)
+    (lake / "part-bad.parquet").write_bytes(b"not parquet" * 20)
+    summaries = _score_stage(ws, {name: (score_cfg(lake, runner=name), tiny_model) for name in ("local", "ray")})
+    local, ray = (read_manifest(ws / name, "score") for name in ("local", "ray"))
+
+    assert set(ray) == set(local) and set(ray["metrics"]) == set(local["metrics"])
+    for manifest, summary in ((local, summaries["local"]), (ray, summaries["ray"])):
+        assert [set(f) for f in manifest["files"]] == [FIELDS] * 4  # every file reported with every field
+        assert [set(f) for f in summary.details["files"]] == [FIELDS] * 4  # the stage summary too, as JSON
+        assert {f["input"]: f["status"] for f in manifest["files"]} == {
+            "part-000.parquet": "scored", "part-001.parquet": "scored", "part-002.parquet": "scored",
+            "part-bad.parquet": "failed"}
+        (failed,) = manifest["failed"]
+        assert failed["input"] == "part-bad.parquet" and str(lake / "part-bad.parquet") in failed["reason"]
+        assert "Parquet" in failed["reason"]
+        assert summary.metrics["files_scored"] == 3 and summary.metrics["files_failed"] == 1
+    counts = ("rows_in", "rows_filtered", "rows_out", "rows_scored", "rows_error", "rows_truncated", "errors_by_code")
+    assert [{k: f[k] for k in counts} for f in ray["files"]] == [{k: f[k] for k in counts} for f in local["files"]]
+
+    got, want = _sorted_predictions(ws / "ray"), _sorted_predictions(ws / "local")
+    assert got["id"] == want["id"] == list(range(48)) and got["label"] == want["label"]
+    assert got["error"] == want["error"] and got["score"] == pytest.approx(want["score"], abs=1e-5)
+
+    # One MLflow run per stage whatever the runner, and a Prefect table of per-file counts.
+    client = MlflowClient(summaries["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("runners").experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{summaries['parent_run_id']}'")
+    assert {r.info.run_id for r in runs} == {summaries["local"].run_id, summaries["ray"].run_id}
+    assert sorted(r.data.params["runner"] for r in runs) == ["local", "ray"]
+    assert all(r.data.metrics["files_scored"] == 3 and r.data.metrics["files_failed"] == 1 for r in runs)
+    tables = _tables(summaries["flow_run_id"], "score-files")
+    assert [sorted(row["input"] for row in t) for t in tables] == [sorted(f["input"] for f in local["files"])] * 2
+    assert all(row["rows_in"] == 16 for t in tables for row in t if row["status"] == "scored")
+
+
+def _tables(flow_run_id: str, key: str) -> list[list[dict]]:
+    """The rows of each Prefect table artifact ``key`` of one flow run."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return [json.loads(a.data) if isinstance(a.data, str) else a.data for a in artifacts]

@@ -84,10 +84,7 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
     """Load (or reuse) the classifier in ``model_dir`` for ``cfg``'s device, precision and max_length."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"model directory {model_dir} has no config.json: give a local Hugging Face model dir")
-    require_safe_weights(model_dir, cfg.allow_pickle_weights, "--set score.allow_pickle_weights=true")
+    model_dir = _checked_dir(model_dir, cfg)
     device = resolve_device(cfg.device)
     dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
     fingerprint = model_fingerprint(model_dir)
@@ -96,6 +93,23 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
         _cache.clear()  # one model at a time: scoring runs hold one, and GPU memory is not free
         _cache[key] = _load(model_dir, cfg, device, dtype, fingerprint)
     return _cache[key]
+
+
+def check_model(model_dir: str | Path, cfg: ScoreConfig) -> None:
+    """Load the classifier once on the CPU and drop it: a damaged model fails a run once, before any file.
+
+    For runners whose workers load their own copy, maybe on a device (a GPU) that this process lacks.
+    """
+    model_dir = _checked_dir(model_dir, cfg)
+    _load(model_dir, cfg, torch.device("cpu"), torch.float32, model_fingerprint(model_dir))
+
+
+def _checked_dir(model_dir: str | Path, cfg: ScoreConfig) -> Path:
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"model directory {model_dir} has no config.json: give a local Hugging Face model dir")
+    require_safe_weights(model_dir, cfg.allow_pickle_weights, "--set score.allow_pickle_weights=true")
+    return model_dir
 
 
 def _load(model_dir: Path, cfg: ScoreConfig, device: torch.device, dtype: torch.dtype, fingerprint: str) -> Classifier:

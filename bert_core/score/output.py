@@ -21,6 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 _FLUSH_BYTES = 64 << 20
+_ADDED = ("label", "score", "probabilities", "embedding", "model_uri", "model_version", "error")
+
+
+def added_names(cfg) -> list[str]:
+    """Every output column scoring may add (with ``cfg.output_prefix``): input columns must not clash with them."""
+    return [cfg.output_prefix + n for n in _ADDED]
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""Bulk scoring of a Parquet lake, exactly once: ``plan`` → ``score_file`` per file → manifest.
+"""Bulk scoring of a Parquet lake, exactly once, on one code path whatever the runner.
 
-``run`` does it all in one process. An orchestrator can do the same in parallel:
-take :func:`output_lock`, call :func:`clean_stale_temps` and :func:`plan`, map
-:func:`score_file` over the jobs that are not committed (each call is idempotent:
-it returns at once for a file already committed), then :func:`write_run_manifest`.
+``run`` takes the output lock, removes stale temporary files, plans (``plan``), checks
+the model once, hands the pending files to a :data:`FileScorer` (the runner: which
+process, machine or GPU scores each file; by default one after another in this
+process), collects one :class:`FileResult` per file and writes the run manifest.
 
 Exactly once: each output file is written under a hidden temporary name and renamed
 into place; its footer carries the commit record (input fingerprint, model
@@ -15,52 +15,32 @@ temporary files, so a crash never leaves partial or duplicate files.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertflow.bert_core.configtools import to_dict
-from bertflow.bert_core.errors import BertflowError, InputError
-from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_write_bytes, raise_if_disk_full, write_manifest
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.stageio import ProgressFn, atomic_write_bytes, write_manifest
 
-from bertflow.bert_core.score.commit import (COMMIT_KEY, clean_stale_temps, commit_status, output_lock, publish,
-                                    read_commit, temp_path)
+from bertflow.bert_core.score.commit import clean_stale_temps, commit_status, output_lock, read_commit
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.filters import parse_filter
 from bertflow.bert_core.score.fingerprint import config_digest, input_fingerprint, model_fingerprint
 from bertflow.bert_core.score.lake import discover, output_path
+from bertflow.bert_core.score.one_file import FileWork, score_file
+from bertflow.bert_core.score.output import added_names
+from bertflow.bert_core.score.results import FileJob, FileResult, ScoreResult
 
-__all__ = ["FileJob", "plan", "score_file", "run", "output_lock", "clean_stale_temps", "write_run_manifest",
-           "output_dataset"]
+__all__ = ["FileJob", "FileResult", "ScoreResult", "FileWork", "FileScorer", "plan", "score_file", "score_in_process",
+           "run", "output_lock", "clean_stale_temps", "output_dataset"]
 
 STAGE = "score"
-_ADDED = ("label", "score", "probabilities", "embedding", "model_uri", "model_version", "error")
-
-
-@dataclass(frozen=True)
-class FileJob:
-    """One input file and its output: plain strings and numbers, so it pickles for Prefect and Ray."""
-
-    input_path: str  # absolute path of the input Parquet file
-    rel_path: str  # its path relative to the input root (posix), mirrored in the output
-    output_path: str  # absolute path of its output file
-    partition: tuple[tuple[str, str], ...]  # hive partition (key, value) pairs, decoded
-    input_fingerprint: str  # see fingerprint.input_fingerprint
-    rows: int  # rows in the input (its footer); -1 when it cannot be read
-    committed: bool  # its output exists and matches input, config and (when planned with one) model
-    reason: str  # why (not) committed: new, committed, input changed, config changed, model changed, ...
-    problem: str | None = None  # why the file cannot be scored (unreadable, column missing); None when fine
-
-
-def added_names(cfg: ScoreConfig) -> list[str]:
-    """The output columns scoring adds (with ``cfg.output_prefix``)."""
-    return [cfg.output_prefix + n for n in _ADDED]
 
 
 def plan(cfg: ScoreConfig, out_dir: str | Path, model_dir: str | Path | None = None) -> list[FileJob]:
@@ -106,182 +86,117 @@ def plan(cfg: ScoreConfig, out_dir: str | Path, model_dir: str | Path | None = N
     return jobs
 
 
-def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri: str | None = None,
-               on_progress: ProgressFn | None = None, *, model_version: str | None = None) -> dict[str, Any]:
-    """Score one input file into its output file, atomically; returns its counts.
-
-    Idempotent: a file already committed (same input, config and model) is not
-    scored again (``status="skipped"``). Bad rows are flagged, never fatal; an
-    unreadable file or a missing column raises InputError. Keys: input, output,
-    status, rows_in, rows_filtered, rows_out, rows_scored, rows_error,
-    rows_truncated, seconds, tokens, padded_tokens, device, dtype.
-    """
-    from bertflow.bert_core.score.model import load_classifier
-    from bertflow.bert_core.score.output import OutputSpec
-    from bertflow.bert_core.score.scorer import read_plan, score_stream
-
-    t0 = time.perf_counter()
-    where = job.input_path
-    if job.problem is not None:
-        raise InputError(f"{where}: {job.problem}")
-    out = Path(job.output_path)
-    clf = load_classifier(model_dir, cfg)
-    digest = config_digest(cfg)
-    committed, _ = commit_status(out, job.input_fingerprint, digest, clf.fingerprint)
-    if committed:
-        record = read_commit(out) or {}
-        return _file_result(job, "skipped", record, time.perf_counter() - t0, clf)
-    try:
-        pf = pq.ParquetFile(where)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{where}: not a readable Parquet file: {exc}") from None
-    try:
-        rp = read_plan(cfg, pf.schema_arrow, dict(job.partition), parse_filter(cfg.filter), where, added_names(cfg))
-        spec = OutputSpec(
-            carried=rp.carried, labels=tuple(clf.labels), probabilities=cfg.probabilities,
-            embedding_dim=clf.hidden_size if cfg.embeddings != "none" else 0,
-            model_uri=model_uri or str(Path(model_dir).resolve()),
-            model_version=model_version or clf.fingerprint[:19], prefix=cfg.output_prefix,
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(out)
-
-        def commit_record(counts) -> dict[bytes, bytes]:
-            record = {
-                "version": 1, "input": job.rel_path, "input_fingerprint": job.input_fingerprint,
-                "model_fingerprint": clf.fingerprint, "config_digest": digest, "model_uri": spec.model_uri,
-                "model_version": spec.model_version, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **_count_fields(counts),
-            }
-            return {COMMIT_KEY: json.dumps(record, sort_keys=True).encode()}
-
-        done = 0
-
-        def on_rows(n: int) -> None:
-            nonlocal done
-            done += n
-            if on_progress is not None:
-                on_progress(done, max(job.rows, 0))
-
-        try:
-            counts = score_stream(pf, where, tmp, clf, cfg, rp, spec, commit_record, on_rows)
-            written = pq.read_metadata(tmp).num_rows
-            if written != counts.rows_out:
-                raise RuntimeError(f"{where}: output file holds {written} rows, expected {counts.rows_out}")
-            publish(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    finally:
-        close = getattr(pf, "close", None)
-        if close is not None:
-            close()
-    record = _count_fields(counts)
-    return _file_result(job, "scored", record, time.perf_counter() - t0, clf,
-                        extra={"tokens": counts.tokens, "padded_tokens": counts.padded_tokens,
-                               "errors_by_code": dict(counts.errors_by_code)})
+RowsFn = Callable[[FileJob, int], None]
+"""``on_rows(job, rows_done)``: progress within a file, for scorers that can report it."""
+FileScorer = Callable[[Sequence[FileJob], FileWork, RowsFn], Iterable[FileResult]]
+"""Where the pending files are scored: calls ``work(job)`` for each job somewhere and yields the
+results as they finish (any order). A worker's exception (a full disk, a bug) stops the run."""
 
 
-def _count_fields(counts) -> dict[str, int]:
-    return {k: getattr(counts, k) for k in ("rows_in", "rows_filtered", "rows_out", "rows_scored", "rows_error",
-                                            "rows_truncated")}
+def score_in_process(jobs: Sequence[FileJob], work: FileWork, on_rows: RowsFn) -> Iterator[FileResult]:
+    """The default :data:`FileScorer`: one file after another in this process."""
+    for job in jobs:
+        yield work(job, lambda done, _total, job=job: on_rows(job, done))
 
 
-def _file_result(job: FileJob, status: str, record: dict, seconds: float, clf, extra: dict | None = None) -> dict:
-    result = {"input": job.rel_path, "output": job.output_path, "status": status,
-              **{k: int(record.get(k, 0)) for k in ("rows_in", "rows_filtered", "rows_out", "rows_scored",
-                                                    "rows_error", "rows_truncated")},
-              "seconds": round(seconds, 4), "device": str(clf.device), "dtype": str(clf.dtype).replace("torch.", "")}
-    result.update(extra or {})
-    return result
+def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path, *, model_uri: str | None = None,
+        model_version: str | None = None, on_progress: ProgressFn | None = None,
+        score_files: FileScorer | None = None) -> ScoreResult:
+    """Score every pending file of ``cfg.input`` into ``out_dir`` under the output lock.
 
-
-def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path, on_progress: ProgressFn | None = None,
-        model_uri: str | None = None, *, model_version: str | None = None) -> StageResult:
-    """Score every pending file of ``cfg.input`` into ``out_dir``, one after another, under the lock.
-
-    A file that cannot be scored (corrupt, column missing) is reported in the
-    result and manifest (``failed``, with its reason) and the others are scored;
+    ``score_files`` decides where each file is scored (default: :func:`score_in_process`).
+    The model is checked once, before any file: a damaged model is one clear error, not
+    every file failed. A file that cannot be scored (corrupt, column missing) is reported
+    in the result and manifest (``failed``, with its reason) and the others are scored;
     the next run tries it again.
     """
+    from bertflow.bert_core.score.model import check_model, load_classifier
+
     t0 = time.perf_counter()
     out = Path(out_dir)
     with output_lock(out):
         stale = clean_stale_temps(out)
         jobs = plan(cfg, out, model_dir=model_dir)
-        if any(not j.committed and j.problem is None for j in jobs):
-            from bertflow.bert_core.score.model import load_classifier
-
-            load_classifier(model_dir, cfg)  # a damaged model fails the run once, not each file as if it were bad
-        total = sum(max(j.rows, 0) for j in jobs if not j.committed)
-        base = 0
-        results = []
-        for job in jobs:
-            if job.committed:
-                results.append({"input": job.rel_path, "output": job.output_path, "status": "skipped",
-                                **{k: int((read_commit(job.output_path) or {}).get(k, 0))
-                                   for k in ("rows_in", "rows_out", "rows_scored", "rows_error")}})
-                continue
-            progress = None
-            if on_progress is not None:
-                def progress(done: int, _total: int, _base: int = base) -> None:
-                    on_progress(_base + done, total)
-            try:
-                results.append(score_file(cfg, job, model_dir, model_uri=model_uri, on_progress=progress,
-                                          model_version=model_version))
-            except BertflowError as exc:
-                results.append({"input": job.rel_path, "output": job.output_path, "status": "failed",
-                                "reason": str(exc)})
-            except OSError as exc:  # a full disk stops the run with one clear line (the next file would fail too)
-                raise_if_disk_full(exc, job.output_path)
-                raise
-            base += max(job.rows, 0)
-        if on_progress is not None:
-            on_progress(total, total)
-        return write_run_manifest(cfg, out, jobs, results, seconds=time.perf_counter() - t0, model_dir=model_dir,
-                                  model_uri=model_uri, model_version=model_version, stale_removed=stale)
+        pending = [j for j in jobs if not j.committed]
+        if any(j.problem is None for j in pending):
+            if score_files is None:
+                load_classifier(model_dir, cfg)  # loaded once here, reused for every file
+            else:
+                check_model(model_dir, cfg)  # the workers load their own copy, maybe on a device we lack
+        progress = _Progress(on_progress, pending)
+        done: dict[str, FileResult] = {}
+        for result in (score_files or score_in_process)(pending, FileWork(cfg, str(model_dir), model_uri,
+                                                                          model_version), progress.rows):
+            done[result.input] = result
+            progress.finished(result)
+        progress.close()
+        missing = [j.input_path for j in pending if j.rel_path not in done]
+        if missing:
+            raise RuntimeError(f"the file scorer returned no result for {missing[0]} ({len(missing)} files)")
+        results = [done.get(j.rel_path) or FileResult.skipped(j, read_commit(j.output_path)) for j in jobs]
+        return _write_run_manifest(cfg, out, jobs, results, seconds=time.perf_counter() - t0, model_dir=model_dir,
+                                   model_uri=model_uri, model_version=model_version, stale_removed=stale)
 
 
-def write_run_manifest(cfg: ScoreConfig, out_dir: str | Path, jobs: list[FileJob], results: list[dict],
-                       *, seconds: float, model_dir: str | Path, model_uri: str | None = None,
-                       model_version: str | None = None, stale_removed: list[str] | None = None) -> StageResult:
-    """Write ``manifest.json`` (and a copy under ``_runs/``) for one run and return its StageResult.
+class _Progress:
+    """Rows done over the pending files, whether a scorer reports rows within a file or only finished files."""
 
-    ``results`` are :func:`score_file` dicts, plus ``{"status": "failed", "reason": ...}``
-    or ``{"status": "skipped"}`` entries for the files that were not scored.
-    """
-    out = Path(out_dir)
-    scored = [r for r in results if r.get("status") == "scored"]
-    skipped = [r for r in results if r.get("status") == "skipped"]
-    failed = [r for r in results if r.get("status") == "failed"]
+    def __init__(self, on_progress: ProgressFn | None, pending: list[FileJob]) -> None:
+        self.on_progress = on_progress
+        self.rows_of = {j.rel_path: max(j.rows, 0) for j in pending}
+        self.total = sum(self.rows_of.values())
+        self.by_file: dict[str, int] = {}
+        self.done = 0
+
+    def rows(self, job: FileJob, done: int) -> None:
+        self._set(job.rel_path, done)
+
+    def finished(self, result: FileResult) -> None:
+        self._set(result.input, self.rows_of.get(result.input, 0))
+
+    def close(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.total, self.total)
+
+    def _set(self, key: str, done: int) -> None:
+        before = self.by_file.get(key, 0)
+        if done > before:
+            self.by_file[key] = done
+            self.done += done - before
+        if self.on_progress is not None:
+            self.on_progress(min(self.done, self.total), self.total)
+
+
+def _write_run_manifest(cfg: ScoreConfig, out: Path, jobs: list[FileJob], results: list[FileResult],
+                        *, seconds: float, model_dir: str | Path, model_uri: str | None,
+                        model_version: str | None, stale_removed: list[str]) -> ScoreResult:
+    """Write ``manifest.json`` (and a copy under ``_runs/``) for one run and return its ScoreResult."""
+    scored = [r for r in results if r.status == "scored"]
+    failed = [r for r in results if r.status == "failed"]
 
     def total(key: str) -> int:
-        return sum(int(r.get(key, 0)) for r in scored)
+        return sum(getattr(r, key) for r in scored)
 
-    rows_out = total("rows_out")
     metrics = {
-        "files": float(len(jobs)), "files_scored": float(len(scored)), "files_skipped": float(len(skipped)),
-        "files_failed": float(len(failed)), "rows_in": float(total("rows_in")),
-        "rows_filtered": float(total("rows_filtered")), "rows_scored": float(total("rows_scored")),
-        "rows_error": float(total("rows_error")), "rows_truncated": float(total("rows_truncated")),
-        "rows_per_s": rows_out / seconds if seconds > 0 else 0.0, "seconds": seconds,
+        "files": float(len(jobs)), "files_scored": float(len(scored)),
+        "files_skipped": float(sum(r.status == "skipped" for r in results)), "files_failed": float(len(failed)),
+        **{k: float(total(k)) for k in ("rows_in", "rows_filtered", "rows_scored", "rows_error", "rows_truncated")},
+        "rows_per_s": total("rows_out") / seconds if seconds > 0 else 0.0, "seconds": seconds,
     }
-    tokens, padded = total("tokens"), total("padded_tokens")
+    padded = total("padded_tokens")
     fingerprint = hashlib.sha256("".join(f"{j.rel_path}\0{j.input_fingerprint}\n" for j in
                                          sorted(jobs, key=lambda j: j.rel_path)).encode()).hexdigest()
     known = {Path(j.output_path) for j in jobs}
     orphans = sorted(p.relative_to(out).as_posix() for p in _visible_parquet(out) if p.resolve() not in known)
-    device = next((r["device"] for r in scored if "device" in r), None)
-    dtype = next((r["dtype"] for r in scored if "dtype" in r), None)
     manifest = {
         "stage": STAGE, "run_id": uuid.uuid4().hex[:12], "config": to_dict(cfg), "input": cfg.input,
         "input_fingerprint": fingerprint, "model_dir": str(Path(model_dir).resolve()),
         "model_uri": model_uri, "model_version": model_version,
         "model_fingerprint": model_fingerprint(model_dir), "config_digest": config_digest(cfg),
-        "device": device, "dtype": dtype, "metrics": metrics,
-        "padding_efficiency": tokens / padded if padded else None,
-        "files": results, "failed": [{"input": r["input"], "reason": r["reason"]} for r in failed],
-        "stale_temps_removed": stale_removed or [], "orphan_outputs": orphans,
+        "device": next((r.device for r in scored), None), "dtype": next((r.dtype for r in scored), None),
+        "metrics": metrics, "padding_efficiency": total("tokens") / padded if padded else None,
+        "files": [r.to_dict() for r in results], "failed": [{"input": r.input, "reason": r.reason} for r in failed],
+        "stale_temps_removed": stale_removed, "orphan_outputs": orphans,
         "jobs": [asdict(j) for j in jobs],
     }
     path = write_manifest(out, manifest)
@@ -289,9 +204,9 @@ def write_run_manifest(cfg: ScoreConfig, out_dir: str | Path, jobs: list[FileJob
     runs.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     atomic_write_bytes(runs / f"{stamp}-{manifest['run_id']}.json", path.read_bytes())
-    details = {"manifest": str(path), "files": results, "failed": manifest["failed"],
-               "stale_temps_removed": manifest["stale_temps_removed"], "orphan_outputs": orphans}
-    return StageResult(stage=STAGE, path=str(out), metrics=metrics, details=details)
+    details = {"manifest": str(path), "files": results, "failed": failed, "stale_temps_removed": stale_removed,
+               "orphan_outputs": orphans}
+    return ScoreResult(stage=STAGE, path=str(out), metrics=metrics, details=details)
 
 
 def output_dataset(out_dir: str | Path):
