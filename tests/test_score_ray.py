@@ -58,8 +58,7 @@ def _score_stage(ws, outs: dict[str, tuple]) -> dict:
 @pytest.mark.parametrize("runner", ["local", "ray"])
 def test_a_damaged_model_fails_the_run_once_before_any_file(prefect_harness, tiny_model, ws, tmp_path, runner):
     """Bug: the Ray path skipped the model check, so a damaged model became every file failed."""
-    if runner == "ray":
-        model = tmp_path / "model"
+    model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
