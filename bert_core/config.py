@@ -32,11 +32,12 @@ STAGES = ("ingest", "vocab", "mask", "pretrain", "finetune", "score")
 
 class PipelineConfig(Config):
     name: str = Field("bertflow", description="MLflow experiment name")
-    ingest: IngestConfig = Field(IngestConfig(), description="Ingestion: raw files to clean, deduplicated corpus shards")
+    ingest: IngestConfig = Field(
+        IngestConfig(), description="Ingestion: raw files to clean, deduplicated corpus shards")
     vocab: VocabConfig = Field(VocabConfig(), description="WordPiece vocabulary trained on the corpus")
     mask: MaskConfig = Field(MaskConfig(), description="Masked-LM training rows built from the corpus")
-    pretrain: PretrainConfig = Field(PretrainConfig(), description="BERT pretraining: model shape, optimisation, "
-                                                                   "budgets")
+    pretrain: PretrainConfig = Field(
+        PretrainConfig(), description="BERT pretraining: model shape, optimisation, budgets")
     finetune: FinetuneConfig = Field(FinetuneConfig(), description="Fine-tuning a classifier on labelled data")
     score: ScoreConfig = Field(ScoreConfig(), description="Bulk scoring of a Parquet lake with the classifier")
     flow: FlowConfig = Field(FlowConfig(), description="Retries, timeouts and continuation (not stage content)")

@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
+from pydantic_core import to_jsonable_python
 
 from bertflow.bert_core.errors import ConfigError
 
@@ -73,19 +74,23 @@ def evolve(cfg: T, **changes: Any) -> T:
     return type(cfg)(**{**dict(cfg), **changes})
 
 
-def to_dict(cfg: BaseModel) -> dict[str, Any]:
-    """A JSON/YAML-friendly dict of a config (tuples become lists)."""
-    return cfg.model_dump(mode="json")
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON/YAML-friendly dict of a config, or of a plain dict of settings (tuples become lists)."""
+    return to_jsonable_python(cfg)
 
 
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
-             "tuple": "a list", "list": "a list", "model": "a section (mapping)", "dict": "a mapping"}
+             "tuple": "a list", "model": "a section (mapping)"}
 
 
 def explain(exc: ValidationError, cls: type[Config]) -> str:
     """Pydantic's errors as one line: ``mask.masked_lm_prob: must be < 1 (got 1.5); ...``."""
-    return "; ".join(_explain_one(err, cls) for err in exc.errors())
+    errors = exc.errors()
+    # a list whose items failed is also "too short" after validation: name the items only
+    errors = [e for e in errors if e["type"] != "too_short"
+              or not any(o is not e and o["loc"][:len(e["loc"])] == e["loc"] for o in errors)]
+    return "; ".join(_explain_one(err, cls) for err in errors)
 
 
 def _explain_one(err: Any, cls: type[Config]) -> str:
@@ -102,7 +107,7 @@ def _explain_one(err: Any, cls: type[Config]) -> str:
     if kind == "literal_error":
         return f"{key}: {got!r} is not one of {ctx['expected'].replace(' or ', ', ')}"
     if kind == "too_short":
-        return f"{key}: needs at least {ctx['min_length']} entry (got none)"
+        return f"{key}: needs at least {ctx['min_length']} item{'s' * (ctx['min_length'] > 1)} (got {len(got)})"
     if kind == "string_pattern_mismatch":
         return f"{key}: {got!r} does not match {ctx['pattern']}"
     if kind == "value_error":

@@ -15,18 +15,18 @@ from bertflow.bert_core.configtools import Config
 class FlowConfig(Config):
     section = "flow"
 
-    retries: int = Field(2, ge=0, description="Retries of the stages that touch files or servers "
-                                              "(ingest, vocab, mask, score)")
+    retries: int = Field(
+        2, ge=0, description="Retries of the stages that touch files or servers (ingest, vocab, mask, score)")
     retry_delays_s: tuple[NonNegativeFloat, ...] = Field(
         (5.0, 30.0), min_length=1, description="Backoff between those retries (seconds); the last delay repeats")
-    retry_jitter: float = Field(0.2, ge=0, description="Each delay may grow by up to this fraction, so retries do "
-                                                       "not stampede a server")
-    data_stage_timeout_minutes: float = Field(180.0, gt=0, description="A data stage (ingest, vocab, mask, score) "
-                                                                       "running longer fails")
-    train_stage_timeout_minutes: float = Field(1440.0, gt=0, description="Pretrain / finetune wall-clock cap (on top "
-                                                                         "of their own budgets)")
-    continue_from_champion: bool = Field(False, description="Pretrain from the base of the registry's champion, "
-                                                            "keeping its vocabulary")
+    retry_jitter: float = Field(
+        0.2, ge=0, description="Each delay may grow by up to this fraction, so retries do not stampede a server")
+    data_stage_timeout_minutes: float = Field(
+        180.0, gt=0, description="A data stage (ingest, vocab, mask, score) running longer fails")
+    train_stage_timeout_minutes: float = Field(
+        1440.0, gt=0, description="Pretrain / finetune wall-clock cap (on top of their own budgets)")
+    continue_from_champion: bool = Field(
+        False, description="Pretrain from the base of the registry's champion, keeping its vocabulary")
 
     def retry_delays(self) -> list[float]:
         """One delay per retry, as Prefect's ``retry_delay_seconds`` list takes them."""

@@ -98,7 +98,7 @@ def test_override_list_null_string_and_number():
         ("pretrain.hidden_size=100", "pretrain.num_heads: must divide pretrain.hidden_size"),
         ("mask=3", "mask: expected a section (mapping), got 3"),
         ("ingest.encoding=klingon", "ingest.encoding: unknown encoding 'klingon'"),
-        ("ingest.inputs=[]", "ingest.inputs: needs at least 1 entry"),
+        ("ingest.inputs=[]", "ingest.inputs: needs at least 1 item (got 0)"),
         ("score.device=tpu", "score.device: 'tpu' must be auto, cpu, mps, cuda or cuda:N"),
         ("score.key_columns=[id, id]", "score.key_columns: lists a column twice"),
         ("finetune.text_column=label", "finetune.label_column: must differ from finetune.text_column"),
@@ -122,7 +122,7 @@ def test_every_bad_value_is_named_on_one_line():
 
 
 def test_direct_construction_and_evolve_raise_config_error():
-    with pytest.raises(ConfigError, match=r"^ingest.inputs: needs at least 1 entry"):
+    with pytest.raises(ConfigError, match=r"^ingest.inputs: needs at least 1 item \(got 0\)$"):
         IngestConfig(inputs=())
     with pytest.raises(ConfigError, match=r"^mask.masked_lm_prob: must be < 1 \(got 2\)$"):
         MaskConfig(masked_lm_prob=2)
@@ -155,6 +155,7 @@ def test_round_trip_and_flatten():
     data = to_dict(cfg)
     assert json.loads(json.dumps(data)) == data and data["score"]["key_columns"] == ["id"]  # plain JSON, lists
     assert from_dict(PipelineConfig, data) == cfg
+    assert to_dict({"frozen_from": "v1", "ids": (1, 2)}) == {"frozen_from": "v1", "ids": [1, 2]}  # settings dicts too
     again = load_config(None, [])
     assert data["vocab"]["vocab_size"] == 5000 and to_dict(again)["vocab"]["vocab_size"] == 30522
     flat = flatten(data)

@@ -15,10 +15,12 @@ class MaskConfig(Config):
     recipe: Literal["full", "nsp"] = Field(
         "full", description="full: RoBERTa packed sequences; nsp: BERT segment pairs with next-sentence prediction")
     full_mode: Literal["full_sentences", "doc_sentences"] = Field(
-        "full_sentences", description="full: rows may cross document boundaries (full_sentences) or not (doc_sentences)")
+        "full_sentences",
+        description="full: rows may cross document boundaries (full_sentences) or not (doc_sentences)")
     full_packing: Literal["sentences", "tokens"] = Field(
-        "sentences", description="full: whole sentences per row (RoBERTa), or every row filled to max_seq_length, "
-                                 "cutting sentences (group_texts)")
+        "sentences",
+        description="full: whole sentences per row (RoBERTa), or every row filled to max_seq_length, cutting sentences "
+                    "(group_texts)")
     max_seq_length: int = Field(128, ge=8, le=65536, description="Tokens per row, [CLS] and [SEP] included")
     masked_lm_prob: float = Field(0.15, gt=0, lt=1, description="Fraction of tokens chosen for MLM prediction")
     max_predictions_per_seq: int = Field(20, ge=1, description="Cap on masked positions per row")
@@ -30,10 +32,14 @@ class MaskConfig(Config):
     seed: int = Field(12345, description="Seed of sentence packing, masking and shuffling (same seed, same shards)")
     num_workers: int = Field(2, ge=1, description="Processes over corpus shards; the output does not depend on it")
     rows_per_shard: int = Field(262144, ge=1, description="Rows per output Parquet shard")
-    unit_mb: float = Field(8.0, gt=0, description="Text per work unit (whole docs of a corpus shard, MiB); "
-                                                  "the output depends on it, not on num_workers")
-    row_group_rows: int = Field(4096, ge=1, description="Rows per Parquet row group of the output (the reader's read granularity)")
-    compression: Literal["zstd", "snappy", "none"] = Field("zstd", description="Parquet compression of the output shards")
+    unit_mb: float = Field(
+        8.0, gt=0,
+        description="Text per work unit (whole docs of a corpus shard, MiB); the output depends on it, not on "
+                    "num_workers")
+    row_group_rows: int = Field(
+        4096, ge=1, description="Rows per Parquet row group of the output (the reader's read granularity)")
+    compression: Literal["zstd", "snappy", "none"] = Field(
+        "zstd", description="Parquet compression of the output shards")
 
     @field_validator("dupe_factor")
     @classmethod

@@ -18,39 +18,40 @@ class ScoreConfig(Config):
     input: PathStr = Field("data/lake", description="Parquet file, directory, glob or hive-partitioned lake to score")
     text_column: str = Field("text", min_length=1, description="Column holding the text to classify")
     text_pair_column: str | None = Field(None, description="Second text column for sentence-pair models")
-    key_columns: Strings | None = Field(None, description="Input columns carried into the output; null: every "
-                                                          "non-text column")
-    filter: str | None = Field(None, description="Row filter, e.g. \"lang = 'en'\" (validated, values bound)")
-    model_uri: PathStr | None = Field(None, description="models:/name@alias, runs:/..., or a local HF dir; null: "
-                                                        "the pipeline's fine-tuned model")
-    allow_pickle_weights: bool = Field(False, description="Also load a pickle checkpoint (pytorch_model.bin); only "
-                                                          "for files you trust")
+    key_columns: Strings | None = Field(
+        None, description="Input columns carried into the output; null: every non-text column")
+    filter: str | None = Field(None, description="Row filter in SQL syntax, e.g. lang = 'en' (validated, values bound)")
+    model_uri: PathStr | None = Field(
+        None, description="models:/name@alias, runs:/..., or a local HF dir; null: the pipeline's fine-tuned model")
+    allow_pickle_weights: bool = Field(
+        False, description="Also load a pickle checkpoint (pytorch_model.bin); only for files you trust")
     batch_size: int = Field(64, ge=1, description="Rows per model forward pass")
     max_length: int = Field(128, ge=8, description="Tokens per row; longer texts are truncated")
     probabilities: bool = Field(False, description="Add a per-class probability column")
-    embeddings: Literal["none", "cls", "mean"] = Field("none", description="Add an embedding column: the [CLS] "
-                                                                           "vector, the mean of the tokens, or none")
+    embeddings: Literal["none", "cls", "mean"] = Field(
+        "none", description="Add an embedding column: the [CLS] vector, the mean of the tokens, or none")
     device: str = Field("auto", description="auto | cpu | mps | cuda | cuda:N")
     bf16: bool = Field(True, description="bf16 weights on CUDA; the CPU path always runs fp32")
     runner: Literal["local", "ray"] = Field("local", description="Score files in this process, or in parallel on Ray")
     ray_address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); null: a local Ray")
-    sort_window: int = Field(16, ge=1, description="Batches per length-sorting window (1: no sorting); rows keep "
-                                                   "their order in the output")
-    read_batch_rows: int = Field(8192, ge=1, description="Rows per Parquet record batch read (memory stays flat "
-                                                         "whatever the file size)")
-    prefetch_windows: int = Field(2, ge=1, description="Tokenized windows queued ahead of the model (bounded, so "
-                                                       "memory stays flat)")
-    cpu_threads: int = Field(0, ge=0, description="torch threads while scoring on CPU; 0: usable cores - 1 (one "
-                                                  "left to the tokenizer)")
-    non_string_text: Literal["error", "cast"] = Field("error", description="A non-string text column: a per-row "
-                                                                           "error, or cast numbers to text")
-    output_prefix: str = Field("", pattern=r"^[A-Za-z0-9_]*$", description="Prefix of the added columns (label, "
-                               "score, ...) when the input already uses those names")
+    sort_window: int = Field(
+        16, ge=1, description="Batches per length-sorting window (1: no sorting); rows keep their order in the output")
+    read_batch_rows: int = Field(
+        8192, ge=1, description="Rows per Parquet record batch read (memory stays flat whatever the file size)")
+    prefetch_windows: int = Field(
+        2, ge=1, description="Tokenized windows queued ahead of the model (bounded, so memory stays flat)")
+    cpu_threads: int = Field(
+        0, ge=0, description="torch threads while scoring on CPU; 0: usable cores - 1 (one left to the tokenizer)")
+    non_string_text: Literal["error", "cast"] = Field(
+        "error", description="A non-string text column: a per-row error, or cast numbers to text")
+    output_prefix: str = Field(
+        "", pattern=r"^[A-Za-z0-9_]*$",
+        description="Prefix of the added columns (label, score, ...) when the input already uses those names")
     compression: Literal["zstd", "snappy", "gzip", "none"] = Field("zstd", description="Parquet codec of the output")
     row_group_rows: int = Field(65536, ge=1, description="Output rows per Parquet row group (also flushed at 64 MiB)")
     input_fingerprint: Literal["footer", "content"] = Field(
-        "footer", description="How inputs are fingerprinted for reuse: size + Parquet footer (cheap), or sha256 "
-                              "of the content")
+        "footer",
+        description="How inputs are fingerprinted for reuse: size + Parquet footer (cheap), or sha256 of the content")
 
     @field_validator("text_pair_column")
     @classmethod
