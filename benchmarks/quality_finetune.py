@@ -24,12 +24,11 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from bertflow.bert_core.configtools import apply_overrides, from_dict, to_dict
+from bertflow.bert_core.configtools import apply_overrides, evolve, from_dict, to_dict
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.examples import TaggedExamples
 from bertflow.bert_core.finetune.readers import read_examples
@@ -75,7 +74,7 @@ def build_config(task: str, data_dir: Path, overrides: list[str]) -> FinetuneCon
     values["train_path"] = str(folder / values["train_path"])
     if values.get("valid_path"):
         values["valid_path"] = str(folder / values["valid_path"])
-    return from_dict(FinetuneConfig, apply_overrides(values, overrides), "finetune")
+    return from_dict(FinetuneConfig, apply_overrides(values, overrides))
 
 
 def check_banking_labels(cfg: FinetuneConfig) -> None:
@@ -112,7 +111,7 @@ def subsample(cfg: FinetuneConfig, limit: int, work: Path) -> FinetuneConfig:
         return str(out)
 
     valid = sample(cfg.valid_path, max(20, limit // 4), "valid") if cfg.valid_path else None
-    return replace(cfg, train_path=sample(cfg.train_path, limit, "train"), valid_path=valid)
+    return evolve(cfg, train_path=sample(cfg.train_path, limit, "train"), valid_path=valid)
 
 
 def device_name() -> str:

@@ -1,18 +1,24 @@
 """The pipeline's whole configuration: one typed section per stage.
 
 Presets live in ``configs/*.yaml`` (sections ``ingest``, ``vocab``, ``mask``,
-``pretrain``, ``finetune``, ``score``, plus ``flow`` for orchestration);
-``--set section.key=value`` overrides any key. Unknown keys and bad values raise
-:class:`~bert_core.errors.ConfigError` naming the key.
+``pretrain``, ``finetune``, ``score``, plus ``flow`` for orchestration) and load
+by name (``tiny``) or path; ``--set section.key=value`` overrides any key. Relative
+paths inside a YAML file are relative to that file; those in overrides and defaults
+to the current directory. Unknown keys and bad values raise
+:class:`~bertflow.bert_core.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Any
 
-from bertflow.bert_core.configtools import apply_overrides, from_dict, load_yaml, to_dict
+from pydantic import Field
+
+import bertflow
+from bertflow.bert_core.configtools import Config, apply_overrides, from_dict, load_yaml, resolve_paths, to_dict
+from bertflow.bert_core.errors import ConfigError
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.flowconfig import FlowConfig
 from bertflow.bert_core.ingest.config import IngestConfig
@@ -24,23 +30,45 @@ from bertflow.bert_core.vocab.config import VocabConfig
 STAGES = ("ingest", "vocab", "mask", "pretrain", "finetune", "score")
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    name: str = "bertflow"  # MLflow experiment name
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    vocab: VocabConfig = field(default_factory=VocabConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)  # retries, timeouts, continuation (not stage content)
+class PipelineConfig(Config):
+    name: str = Field("bertflow", description="MLflow experiment name")
+    ingest: IngestConfig = Field(
+        IngestConfig(), description="Ingestion: raw files to clean, deduplicated corpus shards")
+    vocab: VocabConfig = Field(VocabConfig(), description="WordPiece vocabulary trained on the corpus")
+    mask: MaskConfig = Field(MaskConfig(), description="Masked-LM training rows built from the corpus")
+    pretrain: PretrainConfig = Field(
+        PretrainConfig(), description="BERT pretraining: model shape, optimisation, budgets")
+    finetune: FinetuneConfig = Field(FinetuneConfig(), description="Fine-tuning a classifier on labelled data")
+    score: ScoreConfig = Field(ScoreConfig(), description="Bulk scoring of a Parquet lake with the classifier")
+    flow: FlowConfig = Field(FlowConfig(), description="Retries, timeouts and continuation (not stage content)")
 
     def as_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
 
+def presets_dir() -> Path:
+    """The packaged presets: beside the package in a wheel, at the repository root in a checkout."""
+    package = Path(bertflow.__file__).parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """An existing YAML file, else the packaged preset of that name (``tiny`` -> ``configs/tiny.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file() or os.sep in str(name_or_path) or "/" in str(name_or_path):
+        return path  # load_yaml says "not found" for a missing path
+    preset = presets_dir() / f"{path.name.removesuffix('.yaml')}.yaml"
+    if preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in presets_dir().glob("*.yaml")))
+    raise ConfigError(f"no config file or preset named {str(name_or_path)!r} (presets: {names})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Load a YAML preset (or the defaults) and apply ``key=value`` overrides."""
-    data = load_yaml(path) if path else {}
-    data = apply_overrides(data, list(overrides))
-    return from_dict(PipelineConfig, data)
+    """Load a YAML preset (a file or a preset name; None: the defaults) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        file = find_config(path)
+        data = resolve_paths(PipelineConfig, load_yaml(file), file.parent)
+    return from_dict(PipelineConfig, apply_overrides(data, list(overrides)))

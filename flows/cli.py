@@ -40,7 +40,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
-    Optional[str], typer.Option("--config", "-c", help="YAML preset, e.g. configs/tiny.yaml (default: built-in defaults).")
+    Optional[str], typer.Option("--config", "-c", help="Preset name (tiny, small, base) or YAML file (default: built-in defaults).")
 ]
 SetOpt = Annotated[
     Optional[list[str]],

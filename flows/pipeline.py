@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
 from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
+from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.errors import InputError
 from bertflow.flows.workspace import Workspace, resolve
 from bertflow.tasks import champion, tracking
@@ -85,7 +86,7 @@ def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str
         logger.info("continue_from_champion: %s", why if base else f"{why}; pretraining from scratch")
         tracking.set_tags(uri, parent, {"bertflow.continued_from": f"{base.name} v{base.version}" if base else "none"})
         if base is not None:
-            cfg = replace(cfg, pretrain=replace(cfg.pretrain, init_from=base.path))
+            cfg = evolve(cfg, pretrain=evolve(cfg.pretrain, init_from=base.path))
     tracking.log_params(uri, parent, cfg.as_dict())
     tracking.log_dict(uri, parent, cfg.as_dict(), "config.yaml")
     results: dict[str, StageRun] = {}

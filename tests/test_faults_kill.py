@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.stageio import MANIFEST, file_digest
 from tests.conftest import REPO
 from tests.faults import (Killed, KillLog, calibrate, die, hidden_leftovers, kill_at, kill_during, kill_when,
@@ -116,7 +117,7 @@ def ingest_setup(tmp_path_factory):
     ref = root / "ref"
     run(cfg, ref)
     old = root / "old"  # a previous, different good output (other sharding) that a killed rerun must not damage
-    run(replace(cfg, shard_max_mb=1.0), old)
+    run(evolve(cfg, shard_max_mb=1.0), old)
     expected_s, forked = calibrate(lambda out: run(cfg, out), root)
     assert all(_parquet_digests(f) == _parquet_digests(ref) for f in forked)  # a forked run writes the same bytes
     return {"cfg": cfg, "ref": ref, "old": old, "expected_s": expected_s, "run": run}
@@ -172,11 +173,11 @@ def mask_setup(tmp_path_factory):
     ref = root / "ref"
     run(cfg, corpus, tok, ref)
     old = root / "old"
-    run(replace(cfg, rows_per_shard=2000), corpus, tok, old)
+    run(evolve(cfg, rows_per_shard=2000), corpus, tok, old)
     expected_s, forked = calibrate(lambda out: run(cfg, corpus, tok, out), root)
     assert all(_parquet_digests(f) == _parquet_digests(ref) for f in forked)
     return {"call": lambda out: run(cfg, corpus, tok, out), "ref": ref, "old": old, "expected_s": expected_s,
-            "call_pooled": lambda out: run(replace(cfg, num_workers=2), corpus, tok, out)}
+            "call_pooled": lambda out: run(evolve(cfg, num_workers=2), corpus, tok, out)}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -408,7 +409,7 @@ def _kill_pool_run(call, work_started, out: Path) -> None:
 def test_ingest_kill_with_worker_processes_leaves_no_orphans(ingest_setup, tmp_path):
     """Spawned cleaning workers end with the killed stage; the rerun (with workers) equals the 1-worker reference."""
     s = ingest_setup
-    cfg = replace(s["cfg"], workers=2)
+    cfg = evolve(s["cfg"], workers=2)
     out = tmp_path / "corpus"
     _kill_pool_run(lambda o: s["run"](cfg, o), lambda: any(tmp_path.glob(".corpus.tmp-*/shard-*.parquet")), out)
     s["run"](cfg, out)

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from bertflow.bert_core.configtools import from_dict
+from bertflow.bert_core.configtools import evolve, from_dict
 from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.pretrain import checkpoint as ckpt
 from bertflow.bert_core.pretrain.batch import pack_batch
@@ -128,7 +127,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(inputs, tmp_pa
     On CPU in fp32 everything is deterministic (weights, AdamW moments, dropout RNG, data
     position all restored), so the losses match to float64 print precision: tolerance 1e-12.
     """
-    cfg = replace(TINY, log_every=1, dropout=0.1, attention_dropout=0.1)
+    cfg = evolve(TINY, log_every=1, dropout=0.1, attention_dropout=0.1)
     straight = Recorder()
     run(cfg, inputs["full"], inputs["tok"], tmp_path / "a", straight.on_metrics)
 
@@ -180,19 +179,19 @@ def test_kill_9_then_rerun_continues_from_the_last_checkpoint(inputs, tmp_path):
 
 def test_changed_config_or_data_is_refused_with_advice(inputs, tmp_path):
     out = tmp_path / "run"
-    run(replace(TINY, max_steps=4, checkpoint_every=2), inputs["full"], inputs["tok"], out)
+    run(evolve(TINY, max_steps=4, checkpoint_every=2), inputs["full"], inputs["tok"], out)
     with pytest.raises(InputError, match=r"different config \(lr differ\).*new out dir"):
-        run(replace(TINY, max_steps=4, checkpoint_every=2, lr=1e-3), inputs["full"], inputs["tok"], out)
+        run(evolve(TINY, max_steps=4, checkpoint_every=2, lr=1e-3), inputs["full"], inputs["tok"], out)
     with pytest.raises(InputError, match="different masked data"):
-        run(replace(TINY, max_steps=4, checkpoint_every=2), inputs["nsp"], inputs["tok"], out)
+        run(evolve(TINY, max_steps=4, checkpoint_every=2), inputs["nsp"], inputs["tok"], out)
     # runtime keys may change on resume
-    run(replace(TINY, max_steps=4, checkpoint_every=1, log_every=1, num_workers=1), inputs["full"], inputs["tok"], out)
+    run(evolve(TINY, max_steps=4, checkpoint_every=1, log_every=1, num_workers=1), inputs["full"], inputs["tok"], out)
 
 
 @pytest.mark.parametrize("damage", ["truncate-weights", "drop-optimizer", "garble-state"])
 def test_damaged_checkpoint_is_an_input_error_naming_the_file(inputs, tmp_path, damage):
     out = tmp_path / "run"
-    cfg = replace(TINY, max_steps=4, checkpoint_every=2)
+    cfg = evolve(TINY, max_steps=4, checkpoint_every=2)
     crashing = Recorder(stop_at=2)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, inputs["full"], inputs["tok"], out, None, crashing.on_progress)
@@ -213,23 +212,23 @@ def test_damaged_checkpoint_is_an_input_error_naming_the_file(inputs, tmp_path, 
 
 def test_vocab_mismatches_are_input_errors(inputs, tmp_path, minilm_dir):
     with pytest.raises(InputError, match="vocab size mismatch: init_from .* 30522 .* 300"):
-        run(replace(TINY, init_from=str(minilm_dir)), inputs["full"], inputs["tok"], tmp_path / "a")
+        run(evolve(TINY, init_from=str(minilm_dir)), inputs["full"], inputs["tok"], tmp_path / "a")
     small_tok = write_tokenizer(tmp_path / "tok200", 200)
     with pytest.raises(InputError, match="vocab size mismatch: tokenizer .* 200 entries .* vocab_size 300"):
         run(TINY, inputs["full"], small_tok, tmp_path / "b")
     with pytest.raises(InputError, match="not a masked-data manifest|manifest.json is missing"):
         run(TINY, tmp_path, inputs["tok"], tmp_path / "c")
     with pytest.raises(ConfigError, match="max_position_embeddings"):
-        run(replace(TINY, max_position_embeddings=16), inputs["full"], inputs["tok"], tmp_path / "d")
+        run(evolve(TINY, max_position_embeddings=16), inputs["full"], inputs["tok"], tmp_path / "d")
 
 
 def test_init_from_a_previous_export_continues_training(inputs, tmp_path):
-    first = run(replace(TINY, max_steps=30), inputs["full"], inputs["tok"], tmp_path / "first")
+    first = run(evolve(TINY, max_steps=30), inputs["full"], inputs["tok"], tmp_path / "first")
     rec = Recorder()
-    second = run(replace(TINY, max_steps=5, log_every=1, warmup_steps=1, lr=1e-4, init_from=first.path),
+    second = run(evolve(TINY, max_steps=5, log_every=1, warmup_steps=1, lr=1e-4, init_from=first.path),
                  inputs["full"], inputs["tok"], tmp_path / "second", rec.on_metrics)
     fresh = Recorder()
-    run(replace(TINY, max_steps=5, log_every=1, warmup_steps=1, lr=1e-4), inputs["full"], inputs["tok"],
+    run(evolve(TINY, max_steps=5, log_every=1, warmup_steps=1, lr=1e-4), inputs["full"], inputs["tok"],
         tmp_path / "fresh", fresh.on_metrics)
     assert rec.metrics[1]["loss"] < fresh.metrics[1]["loss"] - 0.5
     assert second.details["init_report"]["fresh"] == []  # every weight, heads included, came from the export
@@ -237,7 +236,7 @@ def test_init_from_a_previous_export_continues_training(inputs, tmp_path):
 
 def test_wall_clock_budget_ends_the_run_with_the_lr_at_its_floor(inputs, tmp_path):
     rec = Recorder()
-    result = run(replace(TINY, max_steps=100_000, budget_minutes=0.04, log_every=1, checkpoint_every=100_000),
+    result = run(evolve(TINY, max_steps=100_000, budget_minutes=0.04, log_every=1, checkpoint_every=100_000),
                  inputs["full"], inputs["tok"], tmp_path / "run", rec.on_metrics)
     last = max(rec.metrics)
     assert 5 < last < 100_000 and result.metrics["minutes"] >= 0.04

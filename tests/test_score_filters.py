@@ -164,15 +164,15 @@ def test_config_rejects_bad_values(kwargs, message):
 def test_config_loads_from_yaml_style_dict():
     from bertflow.bert_core.configtools import from_dict
 
-    cfg = from_dict(ScoreConfig, {"key_columns": ["id"], "sort_window": 8, "non_string_text": "cast"}, "score")
+    cfg = from_dict(ScoreConfig, {"key_columns": ["id"], "sort_window": 8, "non_string_text": "cast"})
     assert cfg.key_columns == ("id",) and cfg.sort_window == 8
     with pytest.raises(ConfigError, match="non_string_text"):
-        from_dict(ScoreConfig, {"non_string_text": "ignore"}, "score")
+        from_dict(ScoreConfig, {"non_string_text": "ignore"})
 
 
 def test_config_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, bert_core.score.config; assert 'torch' not in sys.modules"
+    code = "import sys, bertflow.bert_core.score.config; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -19,7 +19,6 @@ import json
 import re
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.safeload import hf_model_kwargs
 from tests.conftest import REPO
@@ -412,7 +412,7 @@ def test_rule4_score_filters_and_columns_with_hostile_text_stay_literal(models, 
     assert out["lang"].to_pylist()[1] == hostile_value
     for bad in (f"lang = 'en'; COPY (SELECT 1) TO '{marker}'", f"\"{key_col}\" = 'a' OR 1=1"):
         with pytest.raises(InputError, match="score.filter"):
-            run(replace(cfg, filter=bad), models["clf"][0], tmp_path / "out2")
+            run(evolve(cfg, filter=bad), models["clf"][0], tmp_path / "out2")
     assert not marker.exists()
 
 

@@ -2,57 +2,63 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
-from bertflow.bert_core.configtools import check
+from pydantic import Field, ValidationInfo, field_validator
+
+from bertflow.bert_core.configtools import Config, PathStr
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    task: Literal["sequence", "token"] = "sequence"
-    train_path: str = "data/labeled/train.csv"  # Parquet, CSV/TSV or CoNLL file
-    valid_path: str | None = None  # None: split valid_fraction off the training data (seeded)
-    text_column: str = "text"  # token task: a list<string> of words, or one string split on whitespace
-    text_pair_column: str | None = None  # second segment for sentence-pair tasks
-    label_column: str = "label"  # token task: a list<string> of tags, or one string split on whitespace
-    conll_tag_field: int = -1  # CoNLL files: which whitespace-separated field holds the tag (-1: the last)
-    base_model: str | None = None  # local HF BERT dir; None: the pipeline's pretrained checkpoint
-    allow_pickle_weights: bool = False  # also load a pickle checkpoint (pytorch_model.bin); only for files you trust
-    max_length: int = 128
-    epochs: int = 3
-    batch_size: int = 32
-    eval_batch_size: int = 128  # inference batches (validation, export check)
-    lr: float = 5e-5
-    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0  # gradient clipping; 0: off
-    early_stopping_patience: int = 2  # epochs without improvement of the validation metric (0: never stop early)
-    valid_fraction: float = 0.1
-    max_steps: int | None = None  # cap on optimizer steps (smoke runs); None: the epochs decide
-    budget_minutes: float | None = None  # wall-clock cap on training; the best epoch so far is kept
-    bucket_batches: int = 50  # length bucketing: sort by length within chunks of this many batches
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # bf16 autocast on CUDA for training and validation; final predictions in fp32
-    num_threads: int = 0  # torch CPU threads; 0: every core this process may use
-    log_every: int = 20  # optimizer steps between on_metrics/on_progress calls
-    registered_model_name: str = "bertflow-classifier"
+class FinetuneConfig(Config):
+    section = "finetune"
 
-    def __post_init__(self) -> None:
-        check(self.epochs >= 1, "finetune.epochs must be >= 1")
-        check(self.batch_size >= 1, "finetune.batch_size must be >= 1")
-        check(self.eval_batch_size >= 1, "finetune.eval_batch_size must be >= 1")
-        check(self.lr > 0, "finetune.lr must be > 0")
-        check(self.weight_decay >= 0, "finetune.weight_decay must be >= 0")
-        check(self.max_grad_norm >= 0, "finetune.max_grad_norm must be >= 0 (0 turns clipping off)")
-        check(0.0 < self.valid_fraction < 1.0, "finetune.valid_fraction must be in (0, 1)")
-        check(0.0 <= self.warmup_ratio < 1.0, "finetune.warmup_ratio must be in [0, 1)")
-        check(self.max_length >= 8, "finetune.max_length must be >= 8")
-        check(self.early_stopping_patience >= 0, "finetune.early_stopping_patience must be >= 0")
-        check(self.max_steps is None or self.max_steps >= 1, "finetune.max_steps must be >= 1 (or null)")
-        check(self.budget_minutes is None or self.budget_minutes > 0, "finetune.budget_minutes must be > 0")
-        check(self.bucket_batches >= 1, "finetune.bucket_batches must be >= 1")
-        check(self.num_threads >= 0, "finetune.num_threads must be >= 0 (0: all cores)")
-        check(self.log_every >= 1, "finetune.log_every must be >= 1")
-        check(self.text_column != self.label_column, "finetune.text_column and label_column must differ")
+    task: Literal["sequence", "token"] = Field(
+        "sequence", description="sequence: one label per text; token: one tag per word (e.g. NER)")
+    train_path: PathStr = Field("data/labeled/train.csv", description="Training data: Parquet, CSV/TSV or CoNLL file")
+    valid_path: PathStr | None = Field(
+        None, description="Validation data; null: split valid_fraction off the training data (seeded)")
+    text_column: str = Field(
+        "text", description="Text column; token task: a list<string> of words, or one string split on whitespace")
+    text_pair_column: str | None = Field(None, description="Second segment for sentence-pair tasks")
+    label_column: str = Field(
+        "label", description="Label column; token task: a list<string> of tags, or one string split on whitespace")
+    conll_tag_field: int = Field(
+        -1, description="CoNLL files: which whitespace-separated field holds the tag (-1: the last)")
+    base_model: PathStr | None = Field(
+        None, description="Local HF BERT dir to fine-tune; null: the pipeline's pretrained checkpoint")
+    allow_pickle_weights: bool = Field(
+        False, description="Also load a pickle checkpoint (pytorch_model.bin); only for files you trust")
+    max_length: int = Field(128, ge=8, description="Tokens per example; longer ones are truncated")
+    epochs: int = Field(3, ge=1, description="Passes over the training data")
+    batch_size: int = Field(32, ge=1, description="Training examples per optimizer step")
+    eval_batch_size: int = Field(128, ge=1, description="Inference batch size (validation, export check)")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (after warmup, then linear decay)")
+    weight_decay: float = Field(
+        0.01, ge=0, description="AdamW weight decay (not applied to biases and LayerNorm weights)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of the training steps spent warming up")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0: off")
+    early_stopping_patience: int = Field(
+        2, ge=0,
+        description="Epochs without improvement of the validation metric before stopping (0: never stop early)")
+    valid_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of the training data held out for validation when valid_path is null")
+    max_steps: int | None = Field(
+        None, ge=1, description="Cap on optimizer steps (smoke runs); null: the epochs decide")
+    budget_minutes: float | None = Field(
+        None, gt=0, description="Wall-clock cap on training; the best epoch so far is kept")
+    bucket_batches: int = Field(
+        50, ge=1, description="Length bucketing: sort by length within chunks of this many batches")
+    seed: int = Field(42, description="Seed of the validation split, data order, dropout and head init")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA for training and validation; final predictions in fp32")
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0: every core this process may use")
+    log_every: int = Field(20, ge=1, description="Optimizer steps between metric and progress reports")
+    registered_model_name: str = Field(
+        "bertflow-classifier", description="MLflow registered model the fine-tuned classifier is logged under")
+
+    @field_validator("label_column")
+    @classmethod
+    def _label_is_not_text(cls, label_column: str, info: ValidationInfo) -> str:
+        if label_column == info.data.get("text_column"):
+            raise ValueError(f"must differ from finetune.text_column (both are {label_column!r})")
+        return label_column

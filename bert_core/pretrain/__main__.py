@@ -1,13 +1,14 @@
 """``python -m bertflow.bert_core.pretrain``: the pretraining stage from a shell, also under ``torchrun``.
 
     python -m bertflow.bert_core.pretrain --data MASKED_DIR --tokenizer TOK_DIR --out RUN_DIR \\
-        [--config configs/small.yaml] [--set lr=5e-4 --set max_steps=2000 ...]
+        [--config small] [--set lr=5e-4 --set max_steps=2000 ...]
     torchrun --standalone --nproc_per_node=8 -m bertflow.bert_core.pretrain --data ... --tokenizer ... --out ...
 
-``--config`` takes a pipeline preset (its ``pretrain:`` section is used) or a flat
-mapping of PretrainConfig keys; ``--set key=value`` (or ``pretrain.key=value``)
-overrides one key, the value parsed as YAML. Re-running the same command resumes.
-Needs only torch, transformers' deps, pyarrow and numpy (no Prefect, MLflow, DuckDB).
+``--config`` takes a preset name or a YAML file: a pipeline preset (its ``pretrain:``
+section is used) or a flat mapping of PretrainConfig keys; relative paths in it are
+relative to the file. ``--set key=value`` (or ``pretrain.key=value``) overrides one
+key, the value parsed as YAML. Re-running the same command resumes. Needs only torch,
+transformers' deps, pyarrow, numpy, pyyaml and pydantic (no Prefect, MLflow, DuckDB).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="masked-data directory (output of the mask stage)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (copied into the export)")
     p.add_argument("--out", required=True, help="training directory (checkpoints/, export/); reused to resume")
-    p.add_argument("--config", help="YAML preset (pipeline preset with a pretrain: section, or flat keys)")
+    p.add_argument("--config", help="preset name or YAML file (a pipeline preset with a pretrain: section, or flat keys)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a PretrainConfig key (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no per-step metric lines")
@@ -31,14 +32,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_pretrain_config(path: str | None, overrides: list[str]):
-    from bertflow.bert_core.configtools import apply_overrides, from_dict, load_yaml
+    from bertflow.bert_core.config import find_config
+    from bertflow.bert_core.configtools import apply_overrides, from_dict, load_yaml, resolve_paths
     from bertflow.bert_core.pretrain.config import PretrainConfig
 
-    data = load_yaml(path) if path else {}
-    section = data.get("pretrain", {}) if "pretrain" in data else data
+    section: dict = {}
+    if path:
+        file = find_config(path)
+        data = load_yaml(file)
+        section = dict((data.get("pretrain") if "pretrain" in data else data) or {})
+        section = resolve_paths(PretrainConfig, section, file.parent)
     keyed = [o if o.split("=", 1)[0].startswith("pretrain.") else f"pretrain.{o}" for o in overrides]
-    merged = apply_overrides({"pretrain": dict(section or {})}, keyed)
-    return from_dict(PretrainConfig, merged["pretrain"], "pretrain")
+    merged = apply_overrides({"pretrain": section}, keyed)
+    return from_dict(PretrainConfig, merged["pretrain"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,54 +3,73 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Literal
 
-from bertflow.bert_core.configtools import check
+from pydantic import Field, ValidationInfo, field_validator
+
+from bertflow.bert_core.configtools import Config, PathStr, Strings
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_]*$")
 
 
-@dataclass(frozen=True)
-class ScoreConfig:
-    input: str = "data/lake"  # Parquet file, directory, glob or hive-partitioned lake
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    key_columns: tuple[str, ...] | None = None  # None: carry every non-text column
-    filter: str | None = None  # row filter, e.g. "lang = 'en'" (validated, values bound)
-    model_uri: str | None = None  # models:/name@alias, runs:/..., or a local HF dir; None: the pipeline's
-    allow_pickle_weights: bool = False  # also load a pickle checkpoint (pytorch_model.bin); only for files you trust
-    batch_size: int = 64
-    max_length: int = 128
-    probabilities: bool = False  # add a per-class probability column
-    embeddings: Literal["none", "cls", "mean"] = "none"
-    device: str = "auto"
-    bf16: bool = True  # bf16 weights on CUDA; the CPU path always runs fp32
-    runner: Literal["local", "ray"] = "local"
-    ray_address: str | None = None
-    sort_window: int = 16  # batches per length-sorting window (1: no sorting); rows keep their order in the output
-    read_batch_rows: int = 8192  # rows per Parquet record batch read (memory stays flat whatever the file size)
-    prefetch_windows: int = 2  # tokenized windows queued ahead of the model (bounded, so memory stays flat)
-    cpu_threads: int = 0  # torch threads while scoring on CPU; 0: usable cores - 1 (one left to the tokenizer)
-    non_string_text: Literal["error", "cast"] = "error"  # non-string text column: per-row error, or cast numbers
-    output_prefix: str = ""  # prefix of the added columns (label, score, ...) when the input already uses those names
-    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
-    row_group_rows: int = 65536  # output rows per Parquet row group (also flushed at 64 MiB)
-    input_fingerprint: Literal["footer", "content"] = "footer"  # footer: size + Parquet footer (cheap); content: sha256
+class ScoreConfig(Config):
+    section = "score"
 
-    def __post_init__(self) -> None:
-        check(self.batch_size >= 1, "score.batch_size must be >= 1")
-        check(self.max_length >= 8, "score.max_length must be >= 8")
-        check(bool(self.text_column), "score.text_column must not be empty")
-        check(self.text_pair_column != self.text_column, "score.text_pair_column must differ from score.text_column")
-        check(self.key_columns is None or len(set(self.key_columns)) == len(self.key_columns),
-              "score.key_columns lists a column twice")
-        check(self.sort_window >= 1, "score.sort_window must be >= 1")
-        check(self.read_batch_rows >= 1, "score.read_batch_rows must be >= 1")
-        check(self.prefetch_windows >= 1, "score.prefetch_windows must be >= 1")
-        check(self.cpu_threads >= 0, "score.cpu_threads must be >= 0 (0: torch's default)")
-        check(self.row_group_rows >= 1, "score.row_group_rows must be >= 1")
-        check(bool(_DEVICE.match(self.device)), f"score.device {self.device!r} must be auto, cpu, mps, cuda or cuda:N")
-        check(bool(_PREFIX.match(self.output_prefix)),
-              f"score.output_prefix {self.output_prefix!r} may hold only letters, digits and underscores")
+    input: PathStr = Field("data/lake", description="Parquet file, directory, glob or hive-partitioned lake to score")
+    text_column: str = Field("text", min_length=1, description="Column holding the text to classify")
+    text_pair_column: str | None = Field(None, description="Second text column for sentence-pair models")
+    key_columns: Strings | None = Field(
+        None, description="Input columns carried into the output; null: every non-text column")
+    filter: str | None = Field(None, description="Row filter in SQL syntax, e.g. lang = 'en' (validated, values bound)")
+    model_uri: PathStr | None = Field(
+        None, description="models:/name@alias, runs:/..., or a local HF dir; null: the pipeline's fine-tuned model")
+    allow_pickle_weights: bool = Field(
+        False, description="Also load a pickle checkpoint (pytorch_model.bin); only for files you trust")
+    batch_size: int = Field(64, ge=1, description="Rows per model forward pass")
+    max_length: int = Field(128, ge=8, description="Tokens per row; longer texts are truncated")
+    probabilities: bool = Field(False, description="Add a per-class probability column")
+    embeddings: Literal["none", "cls", "mean"] = Field(
+        "none", description="Add an embedding column: the [CLS] vector, the mean of the tokens, or none")
+    device: str = Field("auto", description="auto | cpu | mps | cuda | cuda:N")
+    bf16: bool = Field(True, description="bf16 weights on CUDA; the CPU path always runs fp32")
+    runner: Literal["local", "ray"] = Field("local", description="Score files in this process, or in parallel on Ray")
+    ray_address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); null: a local Ray")
+    sort_window: int = Field(
+        16, ge=1, description="Batches per length-sorting window (1: no sorting); rows keep their order in the output")
+    read_batch_rows: int = Field(
+        8192, ge=1, description="Rows per Parquet record batch read (memory stays flat whatever the file size)")
+    prefetch_windows: int = Field(
+        2, ge=1, description="Tokenized windows queued ahead of the model (bounded, so memory stays flat)")
+    cpu_threads: int = Field(
+        0, ge=0, description="torch threads while scoring on CPU; 0: usable cores - 1 (one left to the tokenizer)")
+    non_string_text: Literal["error", "cast"] = Field(
+        "error", description="A non-string text column: a per-row error, or cast numbers to text")
+    output_prefix: str = Field(
+        "", pattern=r"^[A-Za-z0-9_]*$",
+        description="Prefix of the added columns (label, score, ...) when the input already uses those names")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = Field("zstd", description="Parquet codec of the output")
+    row_group_rows: int = Field(65536, ge=1, description="Output rows per Parquet row group (also flushed at 64 MiB)")
+    input_fingerprint: Literal["footer", "content"] = Field(
+        "footer",
+        description="How inputs are fingerprinted for reuse: size + Parquet footer (cheap), or sha256 of the content")
+
+    @field_validator("text_pair_column")
+    @classmethod
+    def _pair_is_not_text(cls, pair: str | None, info: ValidationInfo) -> str | None:
+        if pair is not None and pair == info.data.get("text_column"):
+            raise ValueError(f"must differ from score.text_column (both are {pair!r})")
+        return pair
+
+    @field_validator("key_columns")
+    @classmethod
+    def _keys_once(cls, keys: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if keys is not None and len(set(keys)) != len(keys):
+            raise ValueError("lists a column twice")
+        return keys
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise ValueError(f"{device!r} must be auto, cpu, mps, cuda or cuda:N")
+        return device

@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
 
-from bertflow.bert_core.configtools import check
+from bertflow.bert_core.configtools import Config
 
 
-@dataclass(frozen=True)
-class VocabConfig:
-    vocab_size: int = 30522
-    min_frequency: int = 2
-    limit_alphabet: int = 1000
-    lowercase: bool = True
-    max_docs: int | None = None  # sampling cap: train on at most this many documents
-    max_bytes: int | None = None  # sampling cap: train on at most this many bytes of text
-    holdout_docs: int = 200  # documents kept aside to measure UNK rate and tokens per word
-    holdout_max_fraction: float = 0.1  # never hold out more than this fraction of the corpus's documents
-    holdout_eval_chars: int = 1_000_000  # coverage stats read at most this many characters of the held-out docs
-    model_max_length: int = 512  # written to tokenizer_config.json (the model's position limit)
-    batch_rows: int = 256  # rows per Parquet record batch fed to the trainer
+class VocabConfig(Config):
+    section = "vocab"
 
-    def __post_init__(self) -> None:
-        check(self.vocab_size >= 100, "vocab.vocab_size must be >= 100")
-        check(self.min_frequency >= 1, "vocab.min_frequency must be >= 1")
-        check(self.limit_alphabet >= 1, "vocab.limit_alphabet must be >= 1")
-        check(self.max_docs is None or self.max_docs >= 1, "vocab.max_docs must be >= 1 (or null for no cap)")
-        check(self.max_bytes is None or self.max_bytes >= 1, "vocab.max_bytes must be >= 1 (or null for no cap)")
-        check(self.holdout_docs >= 0, "vocab.holdout_docs must be >= 0")
-        check(0 <= self.holdout_max_fraction < 1, "vocab.holdout_max_fraction must be in [0, 1)")
-        check(self.holdout_eval_chars >= 1, "vocab.holdout_eval_chars must be >= 1")
-        check(self.model_max_length >= 8, "vocab.model_max_length must be >= 8")
-        check(self.batch_rows >= 1, "vocab.batch_rows must be >= 1")
+    vocab_size: int = Field(30522, ge=100, description="Target WordPiece vocabulary size, special tokens included")
+    min_frequency: int = Field(2, ge=1, description="A merge must occur at least this often in the training text")
+    limit_alphabet: int = Field(
+        1000, ge=1, description="At most this many distinct initial characters (the rarest become [UNK])")
+    lowercase: bool = Field(True, description="Lowercase and strip accents before training (an uncased vocabulary)")
+    max_docs: int | None = Field(
+        None, ge=1, description="Sampling cap: train on at most this many documents (null: no cap)")
+    max_bytes: int | None = Field(
+        None, ge=1, description="Sampling cap: train on at most this many bytes of text (null: no cap)")
+    holdout_docs: int = Field(200, ge=0, description="Documents kept aside to measure UNK rate and tokens per word")
+    holdout_max_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Never hold out more than this fraction of the corpus's documents")
+    holdout_eval_chars: int = Field(
+        1_000_000, ge=1, description="Coverage stats read at most this many characters of the held-out docs")
+    model_max_length: int = Field(
+        512, ge=8, description="Written to tokenizer_config.json (the model's position limit)")
+    batch_rows: int = Field(256, ge=1, description="Rows per Parquet record batch fed to the trainer")
