@@ -19,7 +19,7 @@ from bertflow.bert_core.pretrain.config import RUNTIME_KEYS, PretrainConfig
 from bertflow.bert_core.score.config import ScoreConfig
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "base", "recipe-30min"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "base"])
 def test_presets_load_by_path_and_by_name(repo_root, preset):
     cfg = load_config(repo_root / "configs" / f"{preset}.yaml")
     assert isinstance(cfg, PipelineConfig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -44,8 +45,11 @@ def test_every_package_folder_is_mapped_into_bertflow():
 def wheel_venv(tmp_path_factory) -> Path:
     """A fresh venv (outside the checkout) with the bertflow wheel built from this checkout installed in it."""
     root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"  # a copy: setuptools writes build/ and *.egg-info into the tree it builds
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "workspace", "build", "dist",
+                                                                 "*.egg-info", ".devcarry", ".whl", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(root / "dist"), str(REPO)], check=True, capture_output=True, text=True, cwd=root)
+                    str(root / "dist"), str(source)], check=True, capture_output=True, text=True, cwd=root)
     wheels = list((root / "dist").glob("bertflow-*.whl"))
     assert len(wheels) == 1, wheels
     venv = root / "venv"
