@@ -1,35 +1,43 @@
-"""Single-box scheduling without a work pool: ``python deployments/serve.py``.
+"""Single-box scheduling without a work pool: ``python -m bertflow.deployments.serve``.
 
 Serves the same two nightly deployments as ``prefect.yaml`` from this process
 (it needs a Prefect API: ``prefect server start`` in another terminal and
-``PREFECT_API_URL=http://127.0.0.1:4200/api``).
+``PREFECT_API_URL=http://127.0.0.1:4200/api``). The configs come from the packaged
+``tiny`` preset, so this works from an installed wheel too.
 """
 
 from __future__ import annotations
 
 from prefect import serve
 
+from bertflow.bert_core.config import PipelineConfig, load_config
 from bertflow.flows.pipeline import pipeline
 
 TIMEZONE = "Europe/London"
-# The same parameters as deployments/prefect.yaml (a test checks they agree).
+# The same settings as deployments/prefect.yaml (a test checks they agree).
 NIGHTLY_OVERRIDES = ["flow.continue_from_champion=true", "pretrain.budget_minutes=20"]
-SCORE_OVERRIDES = ["score.input=data/lake", "score.model_uri=models:/bertflow-tiny-books@champion"]
+SCORE_OVERRIDES = ["score.model_uri=models:/bertflow-tiny-books@champion"]
+
+
+def nightly_configs() -> dict[str, PipelineConfig]:
+    """The config of each nightly deployment, by deployment name."""
+    return {"nightly-pipeline": load_config("tiny", NIGHTLY_OVERRIDES),
+            "nightly-score": load_config("tiny", SCORE_OVERRIDES)}
 
 
 def build() -> list:
     """The two nightly deployments, with the schedules and parameters of ``prefect.yaml``."""
+    configs = nightly_configs()
     nightly = pipeline.to_deployment(
         name="nightly-pipeline",
         cron="0 2 * * *",
-        parameters={"config": "configs/tiny.yaml", "workspace": "workspace", "overrides": NIGHTLY_OVERRIDES},
+        parameters={"config": configs["nightly-pipeline"], "workspace": "workspace"},
         tags=["bertflow", "nightly"],
     )
     score = pipeline.to_deployment(
         name="nightly-score",
         cron="30 4 * * *",
-        parameters={"config": "configs/tiny.yaml", "workspace": "workspace", "stages": ["score"],
-                    "overrides": SCORE_OVERRIDES},
+        parameters={"config": configs["nightly-score"], "workspace": "workspace", "stages": ["score"]},
         tags=["bertflow", "nightly"],
     )
     for dep in (nightly, score):

@@ -13,16 +13,19 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bertflow.bert_core.config import STAGES, load_config
-from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
+from bertflow.bert_core.configtools import evolve, to_dict
 from bertflow.bert_core.errors import BertflowError
 from bertflow.flows import workspace as ws_mod
+
+if TYPE_CHECKING:  # the flow module imports Prefect: loaded only when a command runs
+    from bertflow.flows.pipeline import PipelineResult
 
 # Before Prefect is imported: no telemetry calls (this may be an offline box).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -66,15 +69,14 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_show_vers
     """Raw text to scored data lakes, as Prefect flows tracked in MLflow."""
 
 
-def _run_flow(stages: list[str], config: str | None, overrides: list[str] | None, workspace: str | None) -> None:
+def _run_flow(stages: list[str], config: "str | PipelineConfig | None", overrides: list[str] | None,
+              workspace: str | None) -> None:
     # Validate what we can before Prefect starts, so user mistakes fail in milliseconds.
-    load_config(config, overrides or [])
-    root = ws_mod.Workspace(ws_mod.resolve(workspace)).ensure().root
+    cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides or [])
     _quiet_prefect_tracebacks()
-    from bertflow.flows.pipeline import pipeline
+    from bertflow.api import run_pipeline
 
-    summary = pipeline(config=config, overrides=list(overrides or []), workspace=str(root), stages=stages)
-    _print_summary(summary)
+    _print_summary(run_pipeline(cfg, stages=stages, workspace=workspace))
 
 
 def _print_summary(summary: "PipelineResult") -> None:
@@ -164,11 +166,16 @@ def score(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
           runner: Annotated[Optional[str], typer.Option(help="local (default) or ray: score files in parallel on Ray.")] = None,
           ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
           model: Annotated[Optional[str], typer.Option(help="models:/name@champion, runs:/..., or a local HF dir.")] = None,
-          input: Annotated[Optional[str], typer.Option(help="Parquet file, directory, glob or hive lake to score.")] = None) -> None:
+          input: Annotated[Optional[str], typer.Option(help="Parquet file, directory, glob or hive lake to score.")] = None,
+          output: Annotated[Optional[str], typer.Option(
+              help="Directory for the scored lake (default: score.output, else <workspace>/score).")] = None) -> None:
     """Score a Parquet lake (score.input) with the fine-tuned model or score.model_uri; writes Parquet, exactly once."""
-    extra = [f"score.{k}={v}" for k, v in
-             (("runner", runner), ("ray_address", ray_address), ("model_uri", model), ("input", input)) if v]
-    _run_flow(["score"], config, [*(set_ or []), *extra], workspace)
+    chosen = {k: v for k, v in (("runner", runner), ("ray_address", ray_address), ("model_uri", model),
+                                ("input", input), ("output", output)) if v}
+    cfg = load_config(config, set_ or [])
+    if chosen:
+        cfg = evolve(cfg, score=evolve(cfg.score, **chosen))
+    _run_flow(["score"], cfg, [], workspace)
 
 
 @app.command("config")

@@ -1,8 +1,10 @@
 """The ``pipeline`` flow: ingest -> vocab -> mask -> pretrain -> finetune -> score.
 
-Flow parameters are the user's knobs and plain JSON (so deployments can set
-them): a YAML preset, ``key=value`` overrides, the workspace and which stages to
-run. One MLflow parent run per flow run, one nested run per stage.
+Flow parameters are the user's knobs: the typed :class:`PipelineConfig` (so a
+deployment's run form in the Prefect UI is a validated form with every key's
+default and description), the workspace and which stages to run. The CLI and the
+Python API build the config from a preset and ``--set`` overrides. One MLflow parent
+run per flow run, one nested run per stage.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
+from bertflow.bert_core.config import STAGES, PipelineConfig
 from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.errors import InputError
 from bertflow.flows.workspace import Workspace, resolve
@@ -44,30 +46,38 @@ class PipelineResult:
                 "stages": {name: run.to_json() for name, run in self.stages.items()}}
 
 
+Stage = Literal["ingest", "vocab", "mask", "pretrain", "finetune", "score"]
+
+
 @flow(name="pipeline", validate_parameters=True)
 def pipeline(
-    config: str | None = None,
-    overrides: list[str] | None = None,
+    config: PipelineConfig = PipelineConfig(),
     workspace: str | None = None,
-    stages: list[str] | None = None,
+    stages: list[Stage] | None = None,
 ) -> PipelineResult:
-    """Run the chosen stages (default: all six) on one workspace and return what each did."""
-    cfg = load_config(config, overrides or [])
-    chosen = _check_stages(stages)
+    """Run the chosen stages of bertflow on one workspace and return what each did.
+
+    Args:
+        config: every stage's settings (`bertflow config -c tiny` prints a preset's values).
+        workspace: where outputs and the MLflow store go; default `$BERTFLOW_WORKSPACE` or `./workspace`.
+        stages: a subset of ingest, vocab, mask, pretrain, finetune, score (run in pipeline order); default all six.
+    """
+    chosen = check_stages(stages)
     ws = Workspace(resolve(workspace)).ensure()
     with ws.locked():
-        return _run(cfg, chosen, ws, config)
+        return _run(config, chosen, ws)
 
 
-def _check_stages(stages: list[str] | None) -> list[str]:
+def check_stages(stages: list[str] | None) -> list[str]:
+    """The chosen stages in pipeline order; an unknown name is an InputError listing the stages."""
     chosen = list(stages or STAGES)
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise InputError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}")
-    return [s for s in STAGES if s in chosen]  # always in pipeline order
+    return [s for s in STAGES if s in chosen]
 
 
-def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str | None) -> PipelineResult:
+def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace) -> PipelineResult:
     logger = get_run_logger()
     uri = tracking.configure(ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.name, ws.root)
@@ -77,7 +87,7 @@ def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, config_path: str
         exp_id,
         run_name=f"{flow_run.name}" if len(chosen) == len(STAGES) else f"{'+'.join(chosen)} ({flow_run.name})",
         tags={"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": flow_run.name,
-              "bertflow.stages": ",".join(chosen), "bertflow.config_file": config_path or "(defaults)"},
+              "bertflow.stages": ",".join(chosen), "bertflow.config_name": cfg.name},
     )
     ctx = TrackingContext(uri, exp_id, parent, str(ws.root), str(flow_run.id))
     base = None
@@ -128,7 +138,8 @@ def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContex
         return task(stage_tasks.finetune)(ctx, cfg.finetune, model_dir, str(ws.finetune))
     if stage == "score":
         model = cfg.score.model_uri or _need(ws.finetune / "model", "finetune")
-        return task(stage_tasks.score)(ctx, cfg.score, model, str(ws.score))  # cfg.score.runner: where files run
+        out = cfg.score.output or str(ws.score)
+        return task(stage_tasks.score)(ctx, cfg.score, model, out)  # cfg.score.runner: where files run
     raise AssertionError(stage)
 
 

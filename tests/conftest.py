@@ -62,16 +62,10 @@ TINY_OVERRIDES = ["pretrain.max_steps=30"]
 @pytest.fixture(scope="session")
 def tiny_pipeline(prefect_harness, tmp_path_factory):
     """One full tiny pipeline run on the bundled sample, shared by every test that needs its outputs."""
-    from bertflow.flows.pipeline import pipeline
+    from bertflow.api import run_pipeline
 
     ws = tmp_path_factory.mktemp("tiny-ws")
-    cwd = os.getcwd()
-    os.chdir(REPO)  # presets name data/ relative to the repository
-    try:
-        summary = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=list(TINY_OVERRIDES))
-    finally:
-        os.chdir(cwd)
-    return ws, summary
+    return ws, run_pipeline("tiny", workspace=ws, overrides=TINY_OVERRIDES)
 
 
 def corpus_column(corpus: Path, name: str) -> list:

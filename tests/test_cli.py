@@ -109,8 +109,13 @@ def test_tracking_server_down_fails_fast(repo_root, tmp_path, api_env):
 def test_flow_parameter_of_the_wrong_type_is_rejected(prefect_harness, tmp_path):
     from prefect.exceptions import ParameterTypeError
 
+    from bertflow.bert_core.config import load_config
     from bertflow.flows.pipeline import pipeline
 
     with pytest.raises(ParameterTypeError):
-        pipeline(config="configs/tiny.yaml", workspace=str(tmp_path), stages="ingest,vocab,oops")  # not a list
+        pipeline(config=load_config("tiny"), workspace=str(tmp_path), stages="ingest,vocab,oops")  # not a list
+    with pytest.raises(ParameterTypeError):
+        pipeline(config=load_config("tiny"), workspace=str(tmp_path), stages=["ingest", "oops"])  # not a stage
+    with pytest.raises(ParameterTypeError):
+        pipeline(config={"mask": {"masked_lm_prob": 2}}, workspace=str(tmp_path))  # validated like the UI form
     assert not (tmp_path / "mlflow.db").exists()

@@ -13,6 +13,9 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
+from bertflow.bert_core.configtools import resolve_paths
+from bertflow.deployments.serve import NIGHTLY_OVERRIDES
 from tests.conftest import REPO, TINY_OVERRIDES
 from tests.servers import free_port, running
 
@@ -59,10 +62,14 @@ def test_deploy_trigger_and_work_the_nightly_pipeline(prefect_server, tiny_pipel
     sched = by_name["nightly-pipeline"]["schedules"][0]["schedule"]
     assert sched["cron"] == "0 2 * * *" and sched["timezone"] == "Europe/London"
     assert by_name["nightly-pipeline"]["work_pool_name"] == "bertflow-process"
+    check_run_form(by_name["nightly-pipeline"]["parameter_openapi_schema"])
+    nightly = PipelineConfig.model_validate(resolve_paths(
+        PipelineConfig, by_name["nightly-pipeline"]["parameters"]["config"], REPO))  # the worker runs in REPO
+    assert nightly == load_config("tiny", NIGHTLY_OVERRIDES)
 
-    # Trigger the pipeline deployment on the workspace the tiny run already filled: every stage is reused,
-    # so this exercises deploy -> schedule -> worker -> flow run -> MLflow without retraining.
-    params = json.dumps({"workspace": str(ws), "overrides": list(TINY_OVERRIDES)})
+    # Trigger the pipeline deployment on the workspace the tiny run already filled, with the tiny run's config:
+    # every stage is reused, so this exercises deploy -> schedule -> worker -> flow run -> MLflow without retraining.
+    params = json.dumps({"workspace": str(ws), "config": load_config("tiny", TINY_OVERRIDES).model_dump(mode="json")})
     out = prefect(["deployment", "run", "pipeline/nightly-pipeline", "--params", params], env)
     flow_run_id = next(tok for tok in out.replace("'", " ").split() if len(tok) == 36 and tok.count("-") == 4)
 
@@ -80,6 +87,26 @@ def test_deploy_trigger_and_work_the_nightly_pipeline(prefect_server, tiny_pipel
     assert len(children) == 6
 
 
+def check_run_form(schema: dict) -> None:
+    """The run form the Prefect UI draws from the flow's parameter schema: typed, with defaults and help."""
+    props, defs = schema["properties"], schema["definitions"]
+    assert props["config"]["$ref"] == "#/definitions/PipelineConfig"
+    assert "every stage's settings" in props["config"]["description"]
+    assert set(defs["PipelineConfig"]["properties"]) == {"name", *STAGES, "flow"}
+    mlm = defs["MaskConfig"]["properties"]["masked_lm_prob"]
+    assert mlm["default"] == 0.15 and mlm["exclusiveMinimum"] == 0 and mlm["exclusiveMaximum"] == 1
+    assert mlm["description"]
+    recipe = defs["MaskConfig"]["properties"]["recipe"]
+    assert recipe["enum"] == ["full", "nsp"] and recipe["default"] == "full"
+    for section in ("IngestConfig", "VocabConfig", "MaskConfig", "PretrainConfig", "FinetuneConfig", "ScoreConfig",
+                    "FlowConfig"):
+        undocumented = [k for k, v in defs[section]["properties"].items() if not v.get("description")]
+        assert undocumented == [], (section, undocumented)
+        assert defs[section].get("additionalProperties") is False  # unknown keys are refused, as in YAML
+    stages = props["stages"]["anyOf"][0]["items"]
+    assert stages["enum"] == list(STAGES)
+
+
 def test_serve_py_matches_prefect_yaml():
     """Single-box users (serve.py) get the same schedules and parameters as work-pool users (prefect.yaml)."""
     import yaml
@@ -91,11 +118,18 @@ def test_serve_py_matches_prefect_yaml():
     served = {d.name: d for d in build()}
     assert set(served) == set(by_name)
     for name, dep in served.items():
-        want = by_name[name]
-        assert dep.parameters == want["parameters"], name
+        want = dict(by_name[name]["parameters"])
+        config = PipelineConfig.model_validate(resolve_paths(PipelineConfig, want.pop("config"), REPO))
+        got = dict(dep.parameters)
+        assert got.pop("config") == config, name
+        assert got == want, name
         (sched,) = dep.schedules
-        assert sched.schedule.cron == want["schedules"][0]["cron"]
-        assert sched.schedule.timezone == want["schedules"][0]["timezone"]
-    assert "flow.continue_from_champion=true" in by_name["nightly-pipeline"]["parameters"]["overrides"]
-    assert any(o.startswith("score.model_uri=models:/") and o.endswith("@champion")
-               for o in by_name["nightly-score"]["parameters"]["overrides"])
+        assert sched.schedule.cron == want_cron(by_name[name]) and sched.schedule.timezone == "Europe/London"
+    assert served["nightly-pipeline"].parameters["config"].flow.continue_from_champion
+    assert served["nightly-score"].parameters["config"].score.model_uri == "models:/bertflow-tiny-books@champion"
+
+
+def want_cron(spec: dict) -> str:
+    (sched,) = spec["schedules"]
+    assert sched["timezone"] == "Europe/London"
+    return sched["cron"]

@@ -516,23 +516,23 @@ def test_workspace_lock_refuses_a_second_pipeline_before_mlflow_and_a_dead_holde
     """Two pipelines on one workspace: the second refuses naming the lock, the MLflow store is untouched."""
     from mlflow.tracking import MlflowClient
 
-    from bertflow.flows.pipeline import pipeline
+    from bertflow.api import run_pipeline
     from bertflow.flows.workspace import Workspace
 
     ws = tmp_path / "ws"
     docs = write_jsonl(tmp_path / "docs.jsonl", 20)
     overrides = [f'ingest.inputs=["{docs}"]', "ingest.workers=1"]
-    pipeline(overrides=overrides, workspace=str(ws), stages=["ingest"])
+    run_pipeline(overrides=overrides, workspace=ws, stages=["ingest"])
     store = {p.name: file_digest(p) for p in ws.glob("mlflow.db*")}
     corpus = dir_digest(ws / "ingest")
     assert store
     with held_by_another_process(lambda: Workspace(ws).locked(), tmp_path / "ready"):
         refused = f"another bertflow run is using workspace {rx(ws)} \\(lock {rx(ws / '.bertflow.lock')}\\)"
         with pytest.raises(InputError, match=refused):
-            pipeline(overrides=overrides, workspace=str(ws), stages=["ingest"])
+            run_pipeline(overrides=overrides, workspace=ws, stages=["ingest"])
         assert {p.name: file_digest(p) for p in ws.glob("mlflow.db*")} == store
         assert dir_digest(ws / "ingest") == corpus
-    pipeline(overrides=overrides, workspace=str(ws), stages=["ingest"])  # the killed holder's lock does not block
+    run_pipeline(overrides=overrides, workspace=ws, stages=["ingest"])  # the killed holder's lock does not block
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and all(r.info.status == "FINISHED" for r in runs)

@@ -32,14 +32,9 @@ def two_pipeline_runs(tiny_pipeline):
     ws, summary = tiny_pipeline
     client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
     if len(parent_runs(client, summary.experiment_id)) < 2:
-        from bertflow.flows.pipeline import pipeline
+        from bertflow.api import run_pipeline
 
-        cwd = os.getcwd()
-        os.chdir(REPO)
-        try:
-            pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=list(TINY_OVERRIDES))
-        finally:
-            os.chdir(cwd)
+        run_pipeline("tiny", workspace=ws, overrides=TINY_OVERRIDES)
     runs = parent_runs(client, summary.experiment_id)[:2]
     assert len(runs) == 2
     return summary, runs

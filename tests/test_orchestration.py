@@ -83,20 +83,14 @@ def test_stage_runs_carry_system_metrics(tiny_pipeline):
 @pytest.mark.slow
 def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(prefect_harness, tmp_path):
     """Night 1: no champion, pretrain from scratch, promote and snapshot the base. Night 2: continue from it."""
-    from bertflow.flows.pipeline import pipeline
+    from bertflow.api import run_pipeline
     from bertflow.tasks.champion import BASE_TAG
 
     ws = tmp_path / "ws"
     nightly = [*TINY_OVERRIDES, "flow.continue_from_champion=true", "finetune.epochs=1"]
     stages = ["ingest", "vocab", "mask", "pretrain", "finetune"]
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        night1 = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=nightly, stages=stages)
-        night2 = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=[*nightly, "pretrain.max_steps=20"],
-                          stages=stages)
-    finally:
-        os.chdir(cwd)
+    night1 = run_pipeline("tiny", workspace=ws, overrides=nightly, stages=stages)
+    night2 = run_pipeline("tiny", workspace=ws, overrides=[*nightly, "pretrain.max_steps=20"], stages=stages)
 
     client = MlflowClient(tracking_uri=night1.tracking_uri, registry_uri=night1.tracking_uri)
     assert client.get_run(night1.parent_run_id).data.tags["bertflow.continued_from"] == "none"

@@ -68,23 +68,18 @@ def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     assert sum(e is not None for e in errors) >= 2  # the null and the empty text are flagged, not dropped
 
 
-def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, repo_root):
-    import os
-
-    from bertflow.flows.pipeline import pipeline
+def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, tmp_path):
+    from bertflow.api import run_pipeline
 
     ws, first = tiny_run
-    cwd = os.getcwd()
-    os.chdir(repo_root)
-    try:
-        again = pipeline(config="configs/tiny.yaml", workspace=str(ws), overrides=list(TINY_OVERRIDES))
-        changed = pipeline(config="configs/tiny.yaml", workspace=str(ws),
-                           overrides=[*TINY_OVERRIDES, "score.probabilities=true"], stages=["score"])
-    finally:
-        os.chdir(cwd)
+    again = run_pipeline("tiny", workspace=ws, overrides=TINY_OVERRIDES)
+    # Scored elsewhere, so the shared workspace's scores stay what every other test expects.
+    changed = run_pipeline("tiny", workspace=ws, stages=["score"],
+                           overrides=[*TINY_OVERRIDES, "score.probabilities=true", f"score.output={tmp_path / 'p'}"])
     assert [s for s, r in again.stages.items() if not r.reused] == []
     assert again.parent_run_id != first.parent_run_id
     assert not changed.stages["score"].reused  # a config change recomputes that stage
+    assert changed.stages["score"].path == str(tmp_path / "p") and (tmp_path / "p" / "manifest.json").is_file()
 
 
 def test_lineage_datasets_chain_stage_outputs_to_the_next_inputs(tiny_run):

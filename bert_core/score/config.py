@@ -16,6 +16,8 @@ class ScoreConfig(Config):
     section = "score"
 
     input: PathStr = Field("data/lake", description="Parquet file, directory, glob or hive-partitioned lake to score")
+    output: PathStr | None = Field(
+        None, description="Directory the scored lake is written to; null: the workspace's score/ folder")
     text_column: str = Field("text", min_length=1, description="Column holding the text to classify")
     text_pair_column: str | None = Field(None, description="Second text column for sentence-pair models")
     key_columns: Strings | None = Field(
