@@ -22,7 +22,7 @@ import torch
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
 from bertflow.bert_core.score.config import ScoreConfig
-from bertflow.bert_core.score.fingerprint import model_fingerprint
+from bertflow.bert_core.stageio import model_dir_digest
 
 _CHARS_PER_TOKEN_CAP = 64  # text beyond max_length * this many characters is cut before tokenizing
 _cache: dict[tuple, Classifier] = {}
@@ -90,7 +90,7 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
     require_safe_weights(model_dir, cfg.allow_pickle_weights, "--set score.allow_pickle_weights=true")
     device = resolve_device(cfg.device)
     dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
-    fingerprint = model_fingerprint(model_dir)
+    fingerprint = model_dir_digest(model_dir)
     key = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length)
     if key not in _cache:
         _cache.clear()  # one model at a time: scoring runs hold one, and GPU memory is not free

@@ -27,13 +27,14 @@ import pyarrow.parquet as pq
 
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.errors import BertflowError, InputError
-from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_write_bytes, raise_if_disk_full, write_manifest
+from bertflow.bert_core.stageio import (ProgressFn, StageResult, atomic_write_bytes, model_dir_digest, raise_if_disk_full,
+                                        write_manifest)
 
 from bertflow.bert_core.score.commit import (COMMIT_KEY, clean_stale_temps, commit_status, output_lock, publish,
                                     read_commit, temp_path)
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.filters import parse_filter
-from bertflow.bert_core.score.fingerprint import config_digest, input_fingerprint, model_fingerprint
+from bertflow.bert_core.score.fingerprint import config_digest, input_fingerprint
 from bertflow.bert_core.score.lake import discover, output_path
 
 __all__ = ["FileJob", "plan", "score_file", "run", "output_lock", "clean_stale_temps", "write_run_manifest",
@@ -76,7 +77,7 @@ def plan(cfg: ScoreConfig, out_dir: str | Path, model_dir: str | Path | None = N
     flt = parse_filter(cfg.filter)
     root, files = discover(cfg.input, exclude=out)
     digest = config_digest(cfg)
-    model_fp = model_fingerprint(model_dir) if model_dir is not None else None
+    model_fp = model_dir_digest(model_dir) if model_dir is not None else None
     jobs, seen, schema_errors, readable = [], {}, [], 0
     for f in files:
         where = str(f.path)
@@ -277,7 +278,7 @@ def write_run_manifest(cfg: ScoreConfig, out_dir: str | Path, jobs: list[FileJob
         "stage": STAGE, "run_id": uuid.uuid4().hex[:12], "config": to_dict(cfg), "input": cfg.input,
         "input_fingerprint": fingerprint, "model_dir": str(Path(model_dir).resolve()),
         "model_uri": model_uri, "model_version": model_version,
-        "model_fingerprint": model_fingerprint(model_dir), "config_digest": config_digest(cfg),
+        "model_fingerprint": model_dir_digest(model_dir), "config_digest": config_digest(cfg),
         "device": device, "dtype": dtype, "metrics": metrics,
         "padding_efficiency": tokens / padded if padded else None,
         "files": results, "failed": [{"input": r["input"], "reason": r["reason"]} for r in failed],
