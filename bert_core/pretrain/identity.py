@@ -78,6 +78,8 @@ def changes(out: str | Path, identity: TrainingIdentity) -> list[str]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         return [f"{RUN_RECORD} is unreadable ({exc})"]
+    if not isinstance(record, dict):
+        return [f"{RUN_RECORD} is not a run record"]
     if record.get("identity_digest") == identity.digest:
         return []
     old = record["identity"] if "identity" in record else _from_legacy(record, identity.init_dir)
