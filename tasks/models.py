@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bertflow.bert_core.finetune.config import FinetuneConfig
-from bertflow.tasks import champion, registry
+from bertflow.tasks import champion, registry, tracking
 from bertflow.tasks.stage_runner import TrackingContext
 
 
@@ -20,7 +20,7 @@ def register_finetuned(
     """
     details = summary["details"]
     metrics = summary["metrics"]
-    c = registry.mlflow_client(ctx.tracking_uri)
+    c = tracking.client(ctx.tracking_uri)
     model_uri = registry.log_model(details["model_dir"], summary["run_id"], tracking_uri=ctx.tracking_uri)
     version = registry.register(model_uri, cfg.registered_model_name, client=c)
     decision = registry.promote(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bertflow.tasks import tracking
 from tests.conftest import REPO, TINY_OVERRIDES
 from tests.servers import free_port, running
 
@@ -30,7 +31,7 @@ def parent_runs(client: MlflowClient, exp_id: str):
 @pytest.fixture(scope="module")
 def two_pipeline_runs(tiny_pipeline):
     ws, summary = tiny_pipeline
-    client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
+    client = tracking.client(summary["tracking_uri"])
     if len(parent_runs(client, summary["experiment_id"])) < 2:
         from bertflow.flows.pipeline import pipeline
 

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from prefect import flow, task
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.flowconfig import FlowConfig
 from bertflow.tasks import stages as stage_tasks
+from bertflow.tasks import tracking
 from tests.conftest import REPO, TINY_OVERRIDES
 
 
@@ -74,7 +74,7 @@ def test_transient_errors_are_retried_user_errors_and_timeouts_are_not(prefect_h
 @pytest.mark.slow
 def test_stage_runs_carry_system_metrics(tiny_pipeline):
     ws, summary = tiny_pipeline
-    client = MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
+    client = tracking.client(summary["tracking_uri"])
     run = client.get_run(summary["stages"]["pretrain"]["run_id"])
     keys = set(run.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, sorted(keys)
@@ -99,7 +99,7 @@ def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(pre
     finally:
         os.chdir(cwd)
 
-    client = MlflowClient(tracking_uri=night1["tracking_uri"], registry_uri=night1["tracking_uri"])
+    client = tracking.client(night1["tracking_uri"])
     assert client.get_run(night1["parent_run_id"]).data.tags["bertflow.continued_from"] == "none"
     reg1 = night1["stages"]["finetune"]["registry"]
     assert reg1["promoted"], reg1
@@ -125,8 +125,6 @@ def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(pre
 
 def test_configuring_one_workspace_does_not_leak_its_store_to_the_next(tmp_path, monkeypatch):
     """A served process runs many flows: each workspace keeps its own MLflow store."""
-    from bertflow.tasks import tracking
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = tracking.configure(tmp_path / "a")
     second = tracking.configure(tmp_path / "b")
