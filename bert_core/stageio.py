@@ -251,3 +251,31 @@ def dir_digest(directory: str | Path, pattern: str = "**/*") -> str:
     """Content digest of every file under ``directory`` matching ``pattern``."""
     root = Path(directory)
     return files_digest((p for p in root.glob(pattern) if p.is_file()), root)
+
+
+_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth")
+_model_digests: dict[tuple, str] = {}
+
+
+def model_dir_digest(directory: str | Path, only: Iterable[str] | None = None) -> str:
+    """``sha256:<hex>`` over a model or tokenizer directory's weight, config and tokenizer files.
+
+    The one digest that says "same model" (scoring's commit records, pretraining's
+    ``init_from`` and tokenizer identity, fine-tuning's manifest). Hidden files and
+    ``manifest.json`` (provenance with timestamps, not part of the model) are skipped, so a
+    model re-exported byte for byte keeps its digest. ``only``: just these file names
+    (e.g. the tokenizer files of a directory that also holds weights). Cached by
+    path, size and mtime: hashing a large checkpoint once per process is enough.
+    """
+    root = Path(directory).resolve()
+    names = set(only) if only is not None else None
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES
+                   and p.name != MANIFEST and (names is None or p.name in names)
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    key = tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [os.stat(p)])
+    if key not in _model_digests:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.relative_to(root).as_posix()}\0{file_digest(p)}\n".encode())
+        _model_digests[key] = "sha256:" + h.hexdigest()
+    return _model_digests[key]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bertflow.bert_core.stageio import atomic_dir
 from bertflow.bert_core.vocab import frozen
-from bertflow.tasks import registry
+from bertflow.tasks import registry, tracking
 
 BASE_TAG = "bertflow.pretrain_base"  # model-version tag: the snapshot directory of its pretrained base
 
@@ -39,13 +39,13 @@ def snapshot_base(tracking_uri: str, name: str, version: str, base_dir: str, wor
             for item in Path(base_dir).iterdir():
                 if item.is_file():
                     shutil.copy2(item, tmp / item.name)
-    registry.mlflow_client(tracking_uri).set_model_version_tag(name, version, BASE_TAG, str(dst))
+    tracking.client(tracking_uri).set_model_version_tag(name, version, BASE_TAG, str(dst))
     return str(dst)
 
 
 def find_base(tracking_uri: str, name: str) -> tuple[ChampionBase | None, str]:
     """The champion's pretrained base and a reason, or ``(None, why not)`` when there is none to use."""
-    client = registry.mlflow_client(tracking_uri)
+    client = tracking.client(tracking_uri)
     try:
         champion = registry.version_by_alias(client, name, registry.CHAMPION)
     except Exception as exc:  # a registry error is a real failure, but name it

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bertflow.bert_core.finetune.config import FinetuneConfig
-from bertflow.tasks import champion, registry
+from bertflow.tasks import champion, registry, tracking
 from bertflow.tasks.stage_runner import Registration, StageRun, TrackingContext
 
 
@@ -17,7 +17,7 @@ def register_finetuned(ctx: TrackingContext, cfg: FinetuneConfig, summary: Stage
     """
     details = summary.details
     metrics = summary.metrics
-    c = registry.mlflow_client(ctx.tracking_uri)
+    c = tracking.client(ctx.tracking_uri)
     model_uri = registry.log_model(details["model_dir"], summary.run_id, tracking_uri=ctx.tracking_uri)
     version = registry.register(model_uri, cfg.registered_model_name, client=c)
     decision = registry.promote(

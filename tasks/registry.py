@@ -9,7 +9,7 @@
 * :func:`resolve_model_dir` turns a local dir or a ``models:/``/``runs:/`` URI into the local
   HF directory that bulk scoring loads.
 
-Everything goes through an explicit tracking URI or ``MlflowClient``: MLflow's active run
+Everything goes through an explicit tracking URI or a client from ``tracking.client``: MLflow's active run
 is thread-local and Prefect runs tasks in worker threads.
 """
 
@@ -62,11 +62,6 @@ class HFClassifierModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"label": [p.label for p in preds], "score": [float(p.score) for p in preds]})
 
 
-def mlflow_client(tracking_uri: str) -> MlflowClient:
-    """A client for the tracking store and the registry at ``tracking_uri`` (one store for both)."""
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
 def model_signature(text_pair: bool = False):
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
@@ -103,7 +98,7 @@ def log_model(
         raise InputError(f"{hf_dir} is not a Hugging Face model directory (no config.json); run finetune first")
     if tracking_uri:
         tracking.use_store(tracking_uri)  # mlflow.pyfunc.log_model logs to the process-wide store
-    client = mlflow_client(tracking_uri) if tracking_uri else MlflowClient()
+    client = tracking.client(tracking_uri)
     if run_id:
         experiment_id = client.get_run(run_id).info.experiment_id
     if experiment_id is None:
@@ -140,7 +135,7 @@ def register(
     tags: dict[str, str] | None = None,
 ) -> int:
     """Create a new version of registered model ``name`` from ``model_uri``; point ``alias`` at it."""
-    client = client or MlflowClient()
+    client = client or tracking.client()
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
@@ -261,7 +256,7 @@ def resolve_model_dir(uri_or_path: str | Path, dst_dir: str | Path, *, tracking_
         if (local / "MLmodel").is_file():
             return _hf_dir_in(local)
         raise InputError(f"model {text}: not a Hugging Face model directory (no config.json) nor an MLflow model")
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri) if tracking_uri else MlflowClient()
+    client = tracking.client(tracking_uri)
     uri = _pin_alias(client, text)
     cache = Path(dst_dir) / _cache_name(uri)
     if (cache / "MLmodel").is_file():

@@ -109,39 +109,37 @@ def pretrain(
 ) -> StageRun:
     """Masked data -> pretrained BERT (checkpoints + Hugging Face export).
 
-    The training directory resumes when rerun with the same config and data (a crash
-    costs at most ``checkpoint_every`` steps). When config or data changed, the old
-    training directory is moved to ``<out_dir>.previous`` and training starts afresh.
+    The training directory resumes (a crash costs at most ``checkpoint_every`` steps),
+    also after a runtime knob changed or bertflow was upgraded. When its training identity
+    changed (``bert_core.pretrain.identity``: model, optimizer, schedule, data, tokenizer,
+    init weights, seed), it is moved to ``<out_dir>.previous`` and training starts afresh.
     """
     from bertflow.bert_core.pretrain.stage import run
 
-    inputs = {"data": data_dir, "tokenizer": tokenizer_dir}
-    _claim_training_dir(out_dir, reuse.stage_key("pretrain", cfg, inputs))
+    _claim_training_dir(cfg, data_dir, tokenizer_dir, out_dir)
     return run_stage(
         "pretrain",
         ctx,
         cfg,
         lambda m, p: run(cfg, data_dir, tokenizer_dir, out_dir, on_metrics=m, on_progress=p),
         out_dir,
-        inputs=inputs,
+        inputs={"data": data_dir, "tokenizer": tokenizer_dir},
     )
 
 
-def _claim_training_dir(out_dir: str, key: str) -> None:
-    """Mark ``out_dir`` as training for ``key``; set aside a directory trained for another key."""
-    import shutil
+def _claim_training_dir(cfg: PretrainConfig, data_dir: str, tokenizer_dir: str, out_dir: str) -> None:
+    """Set ``out_dir`` aside, saying why, when it cannot resume with these settings."""
     from pathlib import Path
 
-    out = Path(out_dir)
-    marker = out / ".bertflow-train-key"
-    if out.exists() and (not marker.is_file() or marker.read_text().strip() != key):
-        previous = out.with_name(out.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        out.rename(previous)
-        get_run_logger().warning("pretrain config or data changed: previous training moved to %s", previous)
-    out.mkdir(parents=True, exist_ok=True)
-    if not marker.is_file():
-        marker.write_text(key)
+    from bertflow.bert_core.pretrain.identity import set_aside
+    from bertflow.bert_core.pretrain.stage import resume_changes
+
+    (Path(out_dir) / ".bertflow-train-key").unlink(missing_ok=True)  # the key marker earlier versions kept
+    changed = resume_changes(cfg, data_dir, tokenizer_dir, out_dir)
+    if changed:
+        previous = set_aside(out_dir)
+        get_run_logger().warning("pretrain: %s changed, so %s cannot resume; previous training moved to %s",
+                                 "; ".join(changed), out_dir, previous)
 
 
 @task(name="finetune", **_TRAIN)

@@ -77,7 +77,13 @@ def use_store(uri: str) -> None:
             os.environ[name] = value
 
 
-def client(tracking_uri: str) -> MlflowClient:
+def client(tracking_uri: str | None = None) -> MlflowClient:
+    """The one way bertflow (and its tests) get a client: tracking and registry in the store at ``tracking_uri``.
+
+    ``None``: the process-wide store that :func:`use_store` points at.
+    """
+    if not tracking_uri:
+        return MlflowClient()
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

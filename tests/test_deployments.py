@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mlflow.tracking import MlflowClient
 
 from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
 from bertflow.bert_core.configtools import resolve_paths
 from bertflow.deployments.serve import NIGHTLY_OVERRIDES
+from bertflow.tasks import tracking
 from tests.conftest import REPO, TINY_OVERRIDES
 from tests.servers import free_port, running
 
@@ -78,7 +78,7 @@ def test_deploy_trigger_and_work_the_nightly_pipeline(prefect_server, tiny_pipel
     state = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
     assert state["type"] == "COMPLETED", f"{state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
 
-    client = MlflowClient(tracking_uri=first.tracking_uri, registry_uri=first.tracking_uri)
+    client = tracking.client(first.tracking_uri)
     parents = client.search_runs([first.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
     parent = [r for r in parents if "mlflow.parentRunId" not in r.data.tags]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"

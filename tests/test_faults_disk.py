@@ -514,10 +514,9 @@ def test_stale_score_lock_of_a_killed_run_does_not_block(tiny_model, tmp_path):
 def test_workspace_lock_refuses_a_second_pipeline_before_mlflow_and_a_dead_holder_does_not_block(
         prefect_harness, tmp_path):
     """Two pipelines on one workspace: the second refuses naming the lock, the MLflow store is untouched."""
-    from mlflow.tracking import MlflowClient
-
     from bertflow.api import run_pipeline
     from bertflow.flows.workspace import Workspace
+    from bertflow.tasks import tracking
 
     ws = tmp_path / "ws"
     docs = write_jsonl(tmp_path / "docs.jsonl", 20)
@@ -533,7 +532,7 @@ def test_workspace_lock_refuses_a_second_pipeline_before_mlflow_and_a_dead_holde
         assert {p.name: file_digest(p) for p in ws.glob("mlflow.db*")} == store
         assert dir_digest(ws / "ingest") == corpus
     run_pipeline(overrides=overrides, workspace=ws, stages=["ingest"])  # the killed holder's lock does not block
-    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    client = tracking.client(f"sqlite:///{ws / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and all(r.info.status == "FINISHED" for r in runs)
     assert len([r for r in runs if r.info.run_name == "ingest"]) == 2  # the refused attempt logged nothing

@@ -6,7 +6,6 @@ Playwright (no browser download). Saves screenshots under test-artifacts/.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bertflow.tasks import tracking
 from tests.conftest import REPO, TINY_OVERRIDES
 from tests.servers import free_port, running
 
@@ -30,7 +30,7 @@ def parent_runs(client: MlflowClient, exp_id: str):
 @pytest.fixture(scope="module")
 def two_pipeline_runs(tiny_pipeline):
     ws, summary = tiny_pipeline
-    client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
+    client = tracking.client(summary.tracking_uri)
     if len(parent_runs(client, summary.experiment_id)) < 2:
         from bertflow.api import run_pipeline
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from prefect import flow, task
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.flowconfig import FlowConfig
 from bertflow.tasks import stages as stage_tasks
-from tests.conftest import REPO, TINY_OVERRIDES
+from bertflow.tasks import tracking
+from tests.conftest import TINY_OVERRIDES
 
 
 def test_configured_gives_data_stages_backoff_and_training_stages_a_cap_without_retries():
@@ -73,7 +74,7 @@ def test_transient_errors_are_retried_user_errors_and_timeouts_are_not(prefect_h
 @pytest.mark.slow
 def test_stage_runs_carry_system_metrics(tiny_pipeline):
     ws, summary = tiny_pipeline
-    client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
+    client = tracking.client(summary.tracking_uri)
     run = client.get_run(summary.stages["pretrain"].run_id)
     keys = set(run.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, sorted(keys)
@@ -92,7 +93,7 @@ def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(pre
     night1 = run_pipeline("tiny", workspace=ws, overrides=nightly, stages=stages)
     night2 = run_pipeline("tiny", workspace=ws, overrides=[*nightly, "pretrain.max_steps=20"], stages=stages)
 
-    client = MlflowClient(tracking_uri=night1.tracking_uri, registry_uri=night1.tracking_uri)
+    client = tracking.client(night1.tracking_uri)
     assert client.get_run(night1.parent_run_id).data.tags["bertflow.continued_from"] == "none"
     reg1 = night1.stages["finetune"].registry
     assert reg1.promoted, reg1
@@ -118,8 +119,6 @@ def test_nightly_continues_pretraining_from_the_champion_with_its_vocabulary(pre
 
 def test_configuring_one_workspace_does_not_leak_its_store_to_the_next(tmp_path, monkeypatch):
     """A served process runs many flows: each workspace keeps its own MLflow store."""
-    from bertflow.tasks import tracking
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = tracking.configure(tmp_path / "a")
     second = tracking.configure(tmp_path / "b")
@@ -128,3 +127,45 @@ def test_configuring_one_workspace_does_not_leak_its_store_to_the_next(tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/shared.db")  # a user's explicit choice wins
     assert tracking.configure(tmp_path / "c") == "sqlite:////srv/shared.db"
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////srv/shared.db"
+
+
+@pytest.mark.slow
+def test_pretrain_resumes_across_runtime_knobs_and_upgrades_and_restarts_when_the_maths_change(
+        prefect_harness, tmp_path, monkeypatch, one_torch_thread):
+    """One resume rule through the flow: a log interval or a new bertflow never throws training away; an LR does."""
+    from bertflow.api import run_pipeline
+    from bertflow.tasks import reuse
+
+    _real = reuse.code_version
+    ws = tmp_path / "ws"
+    base = ["pretrain.max_steps=4", "pretrain.checkpoint_every=2", "pretrain.batch_size=8", "pretrain.warmup_steps=1"]
+
+    def checkpoints(run: str = "pretrain") -> dict[str, bytes]:
+        return {p.parent.name: p.read_bytes() for p in sorted((ws / run / "checkpoints").glob("*/model.safetensors"))}
+
+    stages = ["ingest", "vocab", "mask", "pretrain"]
+    first = run_pipeline("tiny", workspace=ws, overrides=base, stages=stages)
+    trained = checkpoints()
+    real_version = reuse.code_version("pretrain")
+    # A new bertflow whose pretraining code changed: only that stage's key moves (see tasks.reuse.STAGE_VERSIONS).
+    monkeypatch.setattr(reuse, "code_version", lambda stage: "upgraded" if stage == "pretrain" else _real(stage))
+    again = run_pipeline("tiny", workspace=ws, overrides=[*base, "pretrain.log_every=3"], stages=stages)
+    kept, set_aside = checkpoints(), (ws / "pretrain.previous").exists()
+    other_lr = run_pipeline("tiny", workspace=ws, overrides=[*base, "pretrain.lr=0.002"], stages=["pretrain"])
+
+    assert real_version != "upgraded" and list(trained) == ["step-0000002", "step-0000004"]
+    assert not first.stages["pretrain"].reused and "resumed_from_step" not in first.stages["pretrain"].details
+    assert all(again.stages[s].reused for s in ("ingest", "vocab", "mask"))  # the data stages did not change
+    resumed = again.stages["pretrain"]
+    assert not resumed.reused  # the stage ran (its key moved with its code)...
+    assert resumed.details["resumed_from_step"] == 4 and resumed.metrics["steps"] == 4  # ...and kept its training
+    assert not set_aside
+    assert kept == trained  # the same checkpoints, not retrained
+    assert resumed.metrics["final_loss"] == first.stages["pretrain"].metrics["final_loss"]
+
+    restarted = other_lr.stages["pretrain"]
+    assert "resumed_from_step" not in restarted.details and restarted.metrics["steps"] == 4
+    assert (ws / "pretrain.previous").is_dir()
+    assert checkpoints("pretrain.previous") == trained
+    assert checkpoints() != trained
+    assert json.loads((ws / "pretrain" / "run.json").read_text())["identity"]["config"]["lr"] == 0.002

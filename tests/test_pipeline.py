@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-from mlflow.tracking import MlflowClient
 
 from bertflow.bert_core.config import STAGES
+from bertflow.tasks import tracking
 from tests.conftest import TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_mlflow_has_one_parent_and_six_nested_stage_runs(tiny_run):
     ws, summary = tiny_run
     uri = summary.tracking_uri
     assert uri == f"sqlite:///{ws / 'mlflow.db'}"  # absolute, inside the workspace
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = tracking.client(uri)
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["pretrain.hidden_size"] == "64"
@@ -54,7 +54,7 @@ def test_mlflow_has_one_parent_and_six_nested_stage_runs(tiny_run):
 def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     ws, summary = tiny_run
     reg = summary.stages["finetune"].registry
-    client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
+    client = tracking.client(summary.tracking_uri)
     mv = client.get_model_version_by_alias(reg.name, "candidate")
     assert str(mv.version) == reg.version
     table = ds.dataset(ws / "score", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
@@ -84,7 +84,7 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, tmp_path):
 
 def test_lineage_datasets_chain_stage_outputs_to_the_next_inputs(tiny_run):
     ws, summary = tiny_run
-    client = MlflowClient(tracking_uri=summary.tracking_uri, registry_uri=summary.tracking_uri)
+    client = tracking.client(summary.tracking_uri)
 
     def datasets(stage):
         run = client.get_run(summary.stages[stage].run_id)

@@ -177,15 +177,49 @@ def test_kill_9_then_rerun_continues_from_the_last_checkpoint(inputs, tmp_path):
     assert summary["metrics"]["steps"] == 60 and summary["details"]["resumed_from_step"] >= killed_at
 
 
-def test_changed_config_or_data_is_refused_with_advice(inputs, tmp_path):
+def test_runtime_knobs_resume_and_a_changed_training_identity_is_refused_naming_it(inputs, tmp_path):
     out = tmp_path / "run"
-    run(evolve(TINY, max_steps=4, checkpoint_every=2), inputs["full"], inputs["tok"], out)
-    with pytest.raises(InputError, match=r"different config \(lr differ\).*new out dir"):
-        run(evolve(TINY, max_steps=4, checkpoint_every=2, lr=1e-3), inputs["full"], inputs["tok"], out)
-    with pytest.raises(InputError, match="different masked data"):
-        run(evolve(TINY, max_steps=4, checkpoint_every=2), inputs["nsp"], inputs["tok"], out)
-    # runtime keys may change on resume
-    run(evolve(TINY, max_steps=4, checkpoint_every=1, log_every=1, num_workers=1), inputs["full"], inputs["tok"], out)
+    cfg = evolve(TINY, max_steps=4, checkpoint_every=2)
+    run(cfg, inputs["full"], inputs["tok"], out)
+    steps = [p.name for p in ckpt.list_checkpoints(out)]
+    knobs = evolve(cfg, checkpoint_every=1, log_every=1, num_workers=1, keep_checkpoints=3, compile_mode="max-autotune")
+    assert run(knobs, inputs["full"], inputs["tok"], out).details["resumed_from_step"] == 4
+    assert [p.name for p in ckpt.list_checkpoints(out)] == steps
+
+    with pytest.raises(InputError, match=r"pretrain\.lr \(0\.002 -> 0\.001\) changed.*--restart"):
+        run(evolve(cfg, lr=1e-3), inputs["full"], inputs["tok"], out)
+    with pytest.raises(InputError, match=r"pretrain\.max_steps \(4 -> 8\)"):  # it shapes the LR schedule
+        run(evolve(cfg, max_steps=8), inputs["full"], inputs["tok"], out)
+    with pytest.raises(InputError, match="the masked data changed"):
+        run(cfg, inputs["nsp"], inputs["tok"], out)
+    tok = write_tokenizer(tmp_path / "tok", VOCAB)
+    (tok / "tokenizer_config.json").write_text('{"do_lower_case": false}')  # same vocabulary size, other tokenizer
+    with pytest.raises(InputError, match="the tokenizer files changed"):
+        run(cfg, inputs["full"], tok, out)
+    assert json.loads((out / "run.json").read_text())["identity"]["config"]["lr"] == cfg.lr  # refusals change nothing
+
+    restarted = run(evolve(cfg, lr=1e-3), inputs["full"], inputs["tok"], out, restart=True)
+    assert "resumed_from_step" not in restarted.details and restarted.details["changed"][0].startswith("pretrain.lr")
+    assert restarted.details["set_aside"] == str(tmp_path / "run.previous")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run.previous")] == steps  # the old run, kept aside
+    assert json.loads((out / "run.json").read_text())["identity"]["config"]["lr"] == 1e-3
+
+
+def test_a_run_json_from_before_identities_resumes_after_the_upgrade(inputs, tmp_path):
+    """A directory trained by an older bertflow (its run.json without ``identity``) is resumed, not thrown away."""
+    out = tmp_path / "run"
+    cfg = evolve(TINY, max_steps=4, checkpoint_every=2)
+    run(cfg, inputs["full"], inputs["tok"], out)
+    new = json.loads((out / "run.json").read_text())
+    config = {**new["identity"]["config"], "init_from": None}
+    del config["min_lr_ratio"]  # a key added since: the run used its default
+    legacy = {"config": config, "data_fingerprint": new["identity"]["data"], "init_digest": None, "world_size": 1,
+              "data_dir": new["data_dir"], "tokenizer_dir": new["tokenizer_dir"]}
+    (out / "run.json").write_text(json.dumps(legacy))
+    with pytest.raises(InputError, match=r"pretrain\.min_lr_ratio \(0\.0 -> 0\.1\)"):
+        run(evolve(cfg, min_lr_ratio=0.1), inputs["full"], inputs["tok"], out)
+    assert run(evolve(cfg, log_every=1), inputs["full"], inputs["tok"], out).details["resumed_from_step"] == 4
+    assert json.loads((out / "run.json").read_text()) == new  # upgraded to the identity record
 
 
 @pytest.mark.parametrize("damage", ["truncate-weights", "drop-optimizer", "garble-state"])
@@ -263,7 +297,7 @@ def test_torchrun_two_cpu_processes_train_and_checkpoint(inputs, tmp_path):
     assert state["world_size"] == 2 and state["micro_batches"] == 6 * 2 * 2 and state["rows"] == 6 * 2 * 2 * 8
     assert len(torch.load(out / "checkpoints" / "step-0000006" / ckpt.RNG_FILE, weights_only=True)) == 2
     assert (out / "export" / "model.safetensors").is_file()
-    same_config = from_dict(PretrainConfig, json.loads((out / "run.json").read_text())["config"])
+    same_config = from_dict(PretrainConfig, json.loads((out / "run.json").read_text())["identity"]["config"])
     with pytest.raises(InputError, match="trained with 2 processes"):  # one process would change the batch
         run(same_config, inputs["nsp"], inputs["tok"], out)
 

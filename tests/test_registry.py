@@ -17,7 +17,7 @@ import mlflow  # noqa: E402
 
 from bertflow.bert_core.errors import InputError  # noqa: E402
 from bertflow.bert_core.finetune.predict import Predictor  # noqa: E402
-from bertflow.tasks import registry  # noqa: E402
+from bertflow.tasks import registry, tracking  # noqa: E402
 
 NAME = "test-clf"
 TEXTS = ["the cat sat great", "awful river", "okay window", "zanderbrook walked"]
@@ -42,15 +42,13 @@ def _hf_classifier(base: Path, dst: Path, seed: int) -> Path:
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = registry.mlflow_client(uri)
+    before = mlflow.get_tracking_uri()
+    tracking.use_store(uri)  # not mlflow.set_*_uri: they export the URI, leaking it to later tests' pipelines
+    client = tracking.client(uri)
     exp = client.create_experiment("registry-test", artifact_location=(root / "artifacts").as_uri())
     base = build_tiny_bert(root / "bert")
     yield {"uri": uri, "client": client, "exp": exp, "root": root, "base": base}
-    mlflow.set_tracking_uri(before[0])
-    mlflow.set_registry_uri(before[1])
+    tracking.use_store(before)
 
 
 def _finished_run(store, metrics: dict[str, float] | None = None) -> str:

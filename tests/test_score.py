@@ -225,6 +225,28 @@ def test_reruns_skip_committed_files_and_redo_changed_ones(tiny_model, tmp_path)
     assert [j.reason for j in plan(cfg(lake), out, model_dir=other)] == ["model changed"] * 3
 
 
+def test_model_dir_digest_keeps_the_committed_format_and_ignores_provenance(tiny_model, tmp_path):
+    """Score commit records hold this digest: its format is what outputs committed before it was shared hold."""
+    import hashlib
+
+    from bertflow.bert_core.stageio import file_digest, model_dir_digest
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for p in tiny_model.iterdir():
+        (model / p.name).write_bytes(p.read_bytes())
+    lines = "".join(f"{p.name}\0{file_digest(p)}\n" for p in sorted(model.iterdir()))
+    assert model_dir_digest(model) == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+    before = model_dir_digest(model)
+    (model / "manifest.json").write_text('{"created_utc": "now"}')  # provenance, re-written with each export
+    (model / ".bertflow-stage.json").write_text("{}")
+    assert model_dir_digest(model) == before
+    tok = model_dir_digest(model, only=["tokenizer.json"])
+    assert tok != before and tok == model_dir_digest(tiny_model, only=["tokenizer.json"])
+    (model / "tokenizer.json").write_bytes((model / "tokenizer.json").read_bytes() + b"\n")
+    assert model_dir_digest(model) != before and model_dir_digest(model, only=["tokenizer.json"]) != tok
+
+
 def test_concurrent_run_refuses_via_the_lock(tiny_model, tmp_path):
     lake, out = tmp_path / "lake", tmp_path / "out"
     make_lake(lake, files=1, rows=5)

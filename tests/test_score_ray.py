@@ -9,11 +9,11 @@ import shutil
 
 import pyarrow.compute as pc
 import pytest
-from mlflow.tracking import MlflowClient
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.score.results import FileResult
 from bertflow.bert_core.stageio import read_manifest
+from bertflow.tasks import tracking
 from tests.test_score import cfg as score_cfg
 from tests.test_score import make_lake
 
@@ -99,7 +99,7 @@ def test_ray_runner_gives_the_local_output_manifest_and_results(prefect_harness,
     assert got["error"] == want["error"] and got["score"] == pytest.approx(want["score"], abs=1e-5)
 
     # One MLflow run per stage whatever the runner, and a Prefect table of per-file counts.
-    client = MlflowClient(summaries["tracking_uri"])
+    client = tracking.client(summaries["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("runners").experiment_id],
                               f"tags.`mlflow.parentRunId` = '{summaries['parent_run_id']}'")
     assert {r.info.run_id for r in runs} == {summaries["local"].run_id, summaries["ray"].run_id}

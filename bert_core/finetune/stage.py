@@ -38,7 +38,8 @@ from bertflow.bert_core.finetune.model import (
 from bertflow.bert_core.finetune.plots import save_confusion_png
 from bertflow.bert_core.finetune.train import train
 from bertflow.bert_core.safeload import require_safe_weights
-from bertflow.bert_core.stageio import MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, files_digest, write_manifest
+from bertflow.bert_core.stageio import (MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, model_dir_digest,
+                                        write_manifest)
 
 STAGE = "finetune"
 
@@ -162,7 +163,7 @@ def _manifest(
             "valid_path": cfg.valid_path,
             "valid_digest": file_digest(cfg.valid_path) if cfg.valid_path else None,
             "base_model": str(base),
-            "base_model_digest": _model_digest(base),
+            "base_model_digest": model_dir_digest(base),
         },
         "counts": {
             "train_examples": len(data.train),
@@ -180,7 +181,3 @@ def _write_parquet(table, path: Path) -> None:
 
     pq.write_table(table, path, compression="zstd")
 
-
-def _model_digest(base: Path) -> str:
-    files = [p for p in base.iterdir() if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".txt"))]
-    return files_digest(files, base)

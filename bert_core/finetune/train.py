@@ -1,4 +1,4 @@
-"""The fine-tuning loop: AdamW, linear warmup and decay, early stopping, best-epoch weights."""
+"""The fine-tuning loop: AdamW, linear warmup and decay (``bert_core.optim``), early stopping, best-epoch weights."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.encode import IGNORE, Encoded
 from bertflow.bert_core.finetune.evaluate import Evaluation
 from bertflow.bert_core.finetune.model import autocast
+from bertflow.bert_core.optim import Schedule, build_optimizer, set_lr
 from bertflow.bert_core.stageio import MetricsFn, ProgressFn
 
 
@@ -28,26 +29,6 @@ class TrainOutcome:
     stop_reason: str
     history: list[dict] = field(default_factory=list)
     best_eval_fp32: bool = True  # False when the best evaluation ran under bf16 autocast
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; biases and LayerNorm weights (every parameter of rank < 2) get no weight decay."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
-
-
-def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: 0 -> 1 over the warmup, then linearly down to 0 at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
 
 
 def train(
@@ -77,7 +58,7 @@ def train(
     warmup = int(cfg.warmup_ratio * total_steps)
 
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
+    schedule = Schedule(cfg.lr, warmup, "linear", min_lr_ratio=0.0, max_steps=total_steps, warmup_pad=1)
     rng = np.random.default_rng(cfg.seed)
     pad_multiple = 8 if device.type == "cuda" else 1
     num_labels = model.config.num_labels
@@ -103,8 +84,8 @@ def train(
             loss.backward()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            set_lr(optimizer, schedule.lr_at(step))
             optimizer.step()
-            scheduler.step()
             step += 1
             loss_sum += loss.detach()
             loss_n += 1
@@ -114,7 +95,7 @@ def train(
                 loss_sum.zero_()
                 loss_n = 0
                 if on_metrics:
-                    on_metrics(step, {"train_loss": mean_loss, "lr": scheduler.get_last_lr()[0], "epoch": epoch})
+                    on_metrics(step, {"train_loss": mean_loss, "lr": schedule.lr_at(step), "epoch": epoch})
                 if on_progress:
                     on_progress(step, total_steps)
             if step >= total_steps:

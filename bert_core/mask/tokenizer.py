@@ -17,7 +17,7 @@ import numpy as np
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.mask.masking import word_start_table
-from bertflow.bert_core.stageio import file_digest
+from bertflow.bert_core.vocab.stage import tokenizer_fingerprint
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 """Manifest name -> token string of the special tokens every BERT vocabulary must hold."""
@@ -30,7 +30,7 @@ class TokenizerInfo:
     directory: str
     vocab_size: int  # with added tokens: ids are < vocab_size
     special_ids: dict[str, int]  # pad, unk, cls, sep, mask
-    fingerprint: str  # sha256 of vocab.txt
+    fingerprint: str  # sha256 of vocab.txt (vocab.stage.tokenizer_fingerprint)
     continuation_prefix: str  # "##"
     lowercase: bool | None  # the BertNormalizer's setting (None: not a BertNormalizer)
     normalizer: dict[str, Any] | None  # tokenizer.json's "normalizer" section
@@ -92,7 +92,7 @@ def load_tokenizer(directory: str | Path):
         directory=str(d),
         vocab_size=int(tokenizer.get_vocab_size(with_added_tokens=True)),
         special_ids=special_ids,
-        fingerprint=file_digest(vocab_file),
+        fingerprint=tokenizer_fingerprint(d),
         continuation_prefix=str(model.get("continuing_subword_prefix") or "##"),
         lowercase=lowercase,
         normalizer=normalizer if isinstance(normalizer, dict) else None,

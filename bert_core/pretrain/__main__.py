@@ -7,8 +7,11 @@
 ``--config`` takes a preset name or a YAML file: a pipeline preset (its ``pretrain:``
 section is used) or a flat mapping of PretrainConfig keys; relative paths in it are
 relative to the file. ``--set key=value`` (or ``pretrain.key=value``) overrides one
-key, the value parsed as YAML. Re-running the same command resumes. Needs only torch,
-transformers' deps, pyarrow, numpy, pyyaml and pydantic (no Prefect, MLflow, DuckDB).
+key, the value parsed as YAML. Re-running resumes, also with other runtime keys or after
+an upgrade; a changed training identity (model, optimizer, schedule, data, tokenizer,
+init weights, seed, processes) is refused unless ``--restart`` sets the old directory
+aside as ``<out>.previous``. Needs only torch, transformers' deps, pyarrow, numpy, pyyaml
+and pydantic (no Prefect, MLflow, DuckDB).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="preset name or YAML file (a pipeline preset with a pretrain: section, or flat keys)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a PretrainConfig key (repeatable)")
+    p.add_argument("--restart", action="store_true",
+                   help="if --out holds a run with another training identity, move it to <out>.previous and start afresh")
     p.add_argument("--quiet", action="store_true", help="no per-step metric lines")
     return p.parse_args(argv)
 
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 shown = " ".join(f"{k}={v:.4g}" for k, v in m.items())
                 print(f"step {step}: {shown}", flush=True)
 
-        result = run(cfg, args.data, args.tokenizer, args.out, on_metrics=on_metrics)
+        result = run(cfg, args.data, args.tokenizer, args.out, on_metrics=on_metrics, restart=args.restart)
     except BertflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

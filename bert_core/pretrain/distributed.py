@@ -42,9 +42,13 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def world_size() -> int:
+    """Processes ``torchrun`` started (1 without it), known before :func:`setup`."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device_pref: str) -> tuple[DistInfo, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world = world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_pref, local)
     if world <= 1:

@@ -3,15 +3,15 @@
 ``out_dir`` is a persistent training directory, not an atomic stage output::
 
     out_dir/
-      run.json                      what this directory trains (config, data, init, world size)
+      run.json                      its training identity (see ``identity``): config, data, tokenizer, init, processes
       checkpoints/step-0000500/     model.safetensors, optimizer.pt, rng.pt, trainer_state.json
       export/                       HF dir: config.json, model.safetensors, tokenizer files
       manifest.json                 written when training ends
 
-Re-running the same command continues from the newest checkpoint (after a crash or
-``kill -9`` at any point), or just returns the result if training had finished. A
-different config (other than runtime keys such as ``num_workers``) or different data
-is refused: use a new out dir or delete this one.
+Re-running continues from the newest checkpoint (after a crash or ``kill -9`` at any
+point, a changed runtime knob or a code upgrade), or just returns the result if
+training had finished. A changed training identity is refused, naming what changed,
+unless ``restart=True`` moves the old directory to ``<out_dir>.previous``.
 
 Under ``torchrun`` every rank calls :func:`run`; rank 0 writes files and calls the
 callbacks; all ranks return the same result.
@@ -27,14 +27,11 @@ from typing import Any
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.pretrain import checkpoint as ckpt
-from bertflow.bert_core.pretrain import distributed
-from bertflow.bert_core.pretrain.config import RUNTIME_KEYS, PretrainConfig
+from bertflow.bert_core.pretrain import distributed, identity
+from bertflow.bert_core.pretrain.config import PretrainConfig
+from bertflow.bert_core.pretrain.identity import EXPORT
 from bertflow.bert_core.pretrain.inputs import DataInfo, check_tokenizer, read_data_info
-from bertflow.bert_core.stageio import (MANIFEST, MetricsFn, ProgressFn, StageResult, atomic_write_bytes, file_digest,
-                               write_manifest)
-
-RUN_RECORD = "run.json"
-EXPORT = "export"
+from bertflow.bert_core.stageio import MANIFEST, MetricsFn, ProgressFn, StageResult, write_manifest
 
 
 def run(
@@ -44,47 +41,59 @@ def run(
     out_dir: str | Path,
     on_metrics: MetricsFn | None = None,
     on_progress: ProgressFn | None = None,
+    restart: bool = False,
 ) -> StageResult:
     """Pretrain (or continue pretraining) a BERT on a masked-data directory.
 
+    ``restart``: when ``out_dir`` holds a run with another training identity, move it to
+    ``<out_dir>.previous`` and start afresh (else that is an InputError naming what changed).
     Returns metrics ``steps``, ``tokens``, ``final_loss``, ``mlm_accuracy``
     (+ ``nsp_accuracy``), ``tokens_per_s``, ``minutes`` and details ``export_dir``,
-    ``checkpoint_dir``.
+    ``checkpoint_dir`` (+ ``resumed_from_step``, or ``set_aside`` and ``changed``).
     """
     dist, device = distributed.setup(cfg.device)
     try:
-        return _run(cfg, Path(data_dir), Path(tokenizer_dir), Path(out_dir), dist, device, on_metrics, on_progress)
+        return _run(cfg, Path(data_dir), Path(tokenizer_dir), Path(out_dir), dist, device, on_metrics, on_progress,
+                    restart)
     finally:
         distributed.teardown(dist)
 
 
-def _run(cfg, data_dir, tokenizer_dir, out, dist, device, on_metrics, on_progress) -> StageResult:
+def resume_changes(cfg: PretrainConfig, data_dir: str | Path, tokenizer_dir: str | Path,
+                   out_dir: str | Path) -> list[str]:
+    """What keeps ``out_dir`` from resuming with these settings (empty: it resumes, or starts fresh).
+
+    For callers that act before :func:`run` (the pipeline sets such a directory aside and says why).
+    """
+    data = read_data_info(data_dir)
+    check_tokenizer(tokenizer_dir, data)
+    return identity.changes(out_dir, identity.training_identity(cfg, data, tokenizer_dir, distributed.world_size()))
+
+
+def _run(cfg, data_dir, tokenizer_dir, out, dist, device, on_metrics, on_progress, restart) -> StageResult:
     from bertflow.bert_core.pretrain.export import export_model
     from bertflow.bert_core.pretrain.trainer import RunSpec, Trainer
 
     data = read_data_info(data_dir)
     check_tokenizer(tokenizer_dir, data)
-    init_shape, init_state, init_digest = _read_init(cfg.init_from, cfg.allow_pickle_weights)
+    ident = identity.training_identity(cfg, data, tokenizer_dir, dist.world_size)
+    details: dict[str, Any] = {}
+    changed = identity.changes(out, ident)
+    if changed and not restart:
+        raise identity.refusal(out, changed)
+    init_shape, init_state = _read_init(ident.init_dir, cfg.allow_pickle_weights)
     model_cfg = build_model_config(cfg, data, init_shape)
-    record = {
-        "config": {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS},
-        "data_fingerprint": data.fingerprint,
-        "init_digest": init_digest,
-        "world_size": dist.world_size,
-    }
-    _check_run_record(out, record)
+    distributed.barrier(dist)  # every rank has read out/run.json before rank 0 moves it
     if dist.is_main:
+        if changed:
+            details.update(set_aside=str(identity.set_aside(out)), changed=changed)
         out.mkdir(parents=True, exist_ok=True)
         ckpt.clean_partial(out)
-        if not (out / RUN_RECORD).is_file():
-            body = {**record, "data_dir": str(data_dir), "tokenizer_dir": str(tokenizer_dir)}
-            # atomically: a kill -9 mid-write would leave a truncated run.json that blocks every rerun as "corrupt"
-            atomic_write_bytes(out / RUN_RECORD, json.dumps(body, indent=2, sort_keys=True, default=str).encode())
+        identity.write_record(out, ident, data_dir, tokenizer_dir)
     distributed.barrier(dist)
 
-    spec = RunSpec(world_size=dist.world_size, fingerprint={"data": data.fingerprint, "init": init_digest})
+    spec = RunSpec(world_size=dist.world_size, fingerprint={"identity": ident.digest})
     trainer = Trainer(cfg, model_cfg, data, out, dist, device, spec, on_metrics, on_progress)
-    details: dict[str, Any] = {}
     points = ckpt.list_checkpoints(out)
     if points:
         trainer.restore(ckpt.load_checkpoint(points[-1]))
@@ -169,45 +178,13 @@ def build_model_config(cfg: PretrainConfig, data: DataInfo, init_shape: dict[str
     )
 
 
-def _read_init(init_from: str | None, allow_pickle_weights: bool = False):
-    if init_from is None:
-        return None, None, None
+def _read_init(init: Path | None, allow_pickle_weights: bool = False):
+    """The init_from model's shape and weights (None, None: train from scratch)."""
+    if init is None:
+        return None, None
     from bertflow.bert_core.pretrain.hf_compat import read_hf_dir
 
-    path = Path(init_from)
-    if not (path / "config.json").is_file() and (path / EXPORT / "config.json").is_file():
-        path = path / EXPORT  # a bertflow pretraining out dir: start from its export
-    if not path.is_dir():
-        raise InputError(f"pretrain.init_from {init_from} is not a directory (need a bertflow export or HF BERT dir)")
-    shape, state = read_hf_dir(path, allow_pickle_weights)
-    weights = [p for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))]
-    digest = "|".join(f"{p.name}:{file_digest(p)}" for p in weights)
-    return shape, state, digest
-
-
-def _check_run_record(out: Path, record: dict[str, Any]) -> None:
-    path = out / RUN_RECORD
-    if not path.is_file():
-        if ckpt.list_checkpoints(out):
-            raise InputError(f"{out} has checkpoints but no {RUN_RECORD}: not a bertflow pretraining dir "
-                             "(use a new out dir or delete it)")
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is corrupt ({exc}); delete {out} or use a new out dir") from None
-    hint = f"use a new out dir, or delete {out} to start over"
-    changed = sorted(k for k in set(record["config"]) | set(old.get("config", {}))
-                     if record["config"].get(k) != old.get("config", {}).get(k))
-    if changed:
-        raise InputError(f"{out} holds a pretraining run with a different config ({', '.join(changed)} differ); {hint}")
-    if old.get("data_fingerprint") != record["data_fingerprint"]:
-        raise InputError(f"{out} holds a pretraining run on different masked data; {hint}")
-    if old.get("init_digest") != record["init_digest"]:
-        raise InputError(f"{out} holds a pretraining run from different init_from weights; {hint}")
-    if old.get("world_size") != record["world_size"]:
-        raise InputError(f"{out} was trained with {old.get('world_size')} processes, now {record['world_size']}: "
-                         f"the global batch would change; run with the same number of processes or {hint}")
+    return read_hf_dir(init, allow_pickle_weights)
 
 
 def _export_is_current(export_dir: Path, step: int) -> bool:

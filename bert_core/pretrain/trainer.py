@@ -21,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.optim import Schedule, build_optimizer, set_lr
 from bertflow.bert_core.pretrain import checkpoint as ckpt
 from bertflow.bert_core.pretrain.config import PretrainConfig
 from bertflow.bert_core.pretrain.data import PretrainStream, make_loader
@@ -28,8 +29,6 @@ from bertflow.bert_core.pretrain.distributed import DistInfo, all_gather_objects
 from bertflow.bert_core.pretrain.flops import peak_flops, step_flops
 from bertflow.bert_core.pretrain.inputs import DataInfo
 from bertflow.bert_core.pretrain.model import BertForPretraining, ModelConfig, count_parameters
-from bertflow.bert_core.pretrain.optim import build_optimizer, set_lr
-from bertflow.bert_core.pretrain.schedule import Schedule
 from bertflow.bert_core.stageio import MetricsFn, ProgressFn
 
 _SUMS = ("loss", "mlm_loss", "mlm_correct", "mlm_count", "nsp_loss", "nsp_correct", "nsp_count")
@@ -77,7 +76,8 @@ class Trainer:
         self._seed_everything(cfg.seed + dist.rank)
         self.model = BertForPretraining(model_cfg, sparse_mlm=cfg.sparse_mlm).to(device)
         self.params = count_parameters(self.model)
-        self.optimizer = build_optimizer(self.model, cfg, device)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, device, cfg.optimizer,
+                                         (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
         self.peak = peak_flops(device, cfg.peak_tflops)
         self.use_bf16 = cfg.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
         if device.type == "cuda" and cfg.tf32:

@@ -1,7 +1,7 @@
 """Fingerprints that decide whether a file's committed output is still valid.
 
-An output is reused only when the input file, the model and the output-shaping
-config are all unchanged. The input fingerprint defaults to size + Parquet footer:
+An output is reused only when the input file, the model (``stageio.model_dir_digest``)
+and the output-shaping config are all unchanged. The input fingerprint defaults to size + Parquet footer:
 the footer holds every row group's byte offsets, sizes and statistics, so any
 rewrite of the data changes it, and reading it costs one small read instead of
 hashing the whole lake on every plan. ``input_fingerprint="content"`` hashes the bytes.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -23,8 +22,6 @@ _TAIL = 1 << 16
 # Keys that change what is written; device, batch sizes and threading do not.
 _OUTPUT_KEYS = ("text_column", "text_pair_column", "key_columns", "filter", "max_length", "probabilities",
                 "embeddings", "non_string_text", "output_prefix")
-_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth")
-_model_cache: dict[tuple, str] = {}
 
 
 def input_fingerprint(path: str | Path, mode: str = "footer") -> str:
@@ -51,20 +48,6 @@ def input_fingerprint(path: str | Path, mode: str = "footer") -> str:
                 footer += fh.read(_TAIL)
         h.update(footer)
     return "footer:" + h.hexdigest()
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over the model directory's weight, config and tokenizer files (cached by stat)."""
-    root = Path(model_dir).resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _MODEL_FILE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    key = tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in [os.stat(p)])
-    if key not in _model_cache:
-        h = hashlib.sha256()
-        for p in files:
-            h.update(f"{p.relative_to(root).as_posix()}\0{file_digest(p)}\n".encode())
-        _model_cache[key] = "sha256:" + h.hexdigest()
-    return _model_cache[key]
 
 
 def config_digest(cfg: ScoreConfig) -> str:

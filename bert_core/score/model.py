@@ -22,7 +22,7 @@ import torch
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
 from bertflow.bert_core.score.config import ScoreConfig
-from bertflow.bert_core.score.fingerprint import model_fingerprint
+from bertflow.bert_core.stageio import model_dir_digest
 
 _CHARS_PER_TOKEN_CAP = 64  # text beyond max_length * this many characters is cut before tokenizing
 _cache: dict[tuple, Classifier] = {}
@@ -87,7 +87,7 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
     model_dir = _checked_dir(model_dir, cfg)
     device = resolve_device(cfg.device)
     dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
-    fingerprint = model_fingerprint(model_dir)
+    fingerprint = model_dir_digest(model_dir)
     key = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length)
     if key not in _cache:
         _cache.clear()  # one model at a time: scoring runs hold one, and GPU memory is not free
@@ -101,7 +101,7 @@ def check_model(model_dir: str | Path, cfg: ScoreConfig) -> None:
     For runners whose workers load their own copy, maybe on a device (a GPU) that this process lacks.
     """
     model_dir = _checked_dir(model_dir, cfg)
-    _load(model_dir, cfg, torch.device("cpu"), torch.float32, model_fingerprint(model_dir))
+    _load(model_dir, cfg, torch.device("cpu"), torch.float32, model_dir_digest(model_dir))
 
 
 def _checked_dir(model_dir: str | Path, cfg: ScoreConfig) -> Path:

@@ -21,7 +21,8 @@ from bertflow.bert_core.stageio import ProgressFn, raise_if_disk_full
 from bertflow.bert_core.score.commit import COMMIT_KEY, commit_status, publish, read_commit, temp_path
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.filters import parse_filter
-from bertflow.bert_core.score.fingerprint import config_digest, model_fingerprint
+from bertflow.bert_core.score.fingerprint import config_digest
+from bertflow.bert_core.stageio import model_dir_digest
 from bertflow.bert_core.score.output import OutputSpec, added_names
 from bertflow.bert_core.score.results import COUNTS, FileJob, FileResult
 
@@ -43,7 +44,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
         raise InputError(f"{where}: {job.problem}")
     out = Path(job.output_path)
     digest = config_digest(cfg)
-    if commit_status(out, job.input_fingerprint, digest, model_fingerprint(model_dir))[0]:
+    if commit_status(out, job.input_fingerprint, digest, model_dir_digest(model_dir))[0]:
         return FileResult.skipped(job, read_commit(out))
     clf = load_classifier(model_dir, cfg)
     try:

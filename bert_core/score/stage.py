@@ -26,12 +26,12 @@ import pyarrow.parquet as pq
 
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.errors import InputError
-from bertflow.bert_core.stageio import ProgressFn, atomic_write_bytes, write_manifest
+from bertflow.bert_core.stageio import ProgressFn, atomic_write_bytes, model_dir_digest, write_manifest
 
 from bertflow.bert_core.score.commit import clean_stale_temps, commit_status, output_lock, read_commit
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.filters import parse_filter
-from bertflow.bert_core.score.fingerprint import config_digest, input_fingerprint, model_fingerprint
+from bertflow.bert_core.score.fingerprint import config_digest, input_fingerprint
 from bertflow.bert_core.score.lake import discover, output_path
 from bertflow.bert_core.score.one_file import FileWork, score_file
 from bertflow.bert_core.score.output import added_names
@@ -56,7 +56,7 @@ def plan(cfg: ScoreConfig, out_dir: str | Path, model_dir: str | Path | None = N
     flt = parse_filter(cfg.filter)
     root, files = discover(cfg.input, exclude=out)
     digest = config_digest(cfg)
-    model_fp = model_fingerprint(model_dir) if model_dir is not None else None
+    model_fp = model_dir_digest(model_dir) if model_dir is not None else None
     jobs, seen, schema_errors, readable = [], {}, [], 0
     for f in files:
         where = str(f.path)
@@ -192,7 +192,7 @@ def _write_run_manifest(cfg: ScoreConfig, out: Path, jobs: list[FileJob], result
         "stage": STAGE, "run_id": uuid.uuid4().hex[:12], "config": to_dict(cfg), "input": cfg.input,
         "input_fingerprint": fingerprint, "model_dir": str(Path(model_dir).resolve()),
         "model_uri": model_uri, "model_version": model_version,
-        "model_fingerprint": model_fingerprint(model_dir), "config_digest": config_digest(cfg),
+        "model_fingerprint": model_dir_digest(model_dir), "config_digest": config_digest(cfg),
         "device": next((r.device for r in scored), None), "dtype": next((r.dtype for r in scored), None),
         "metrics": metrics, "padding_efficiency": total("tokens") / padded if padded else None,
         "files": [r.to_dict() for r in results], "failed": [{"input": r.input, "reason": r.reason} for r in failed],

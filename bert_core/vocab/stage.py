@@ -24,7 +24,12 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spec
 
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
-    """sha256 of the directory's ``vocab.txt`` (the token <-> id mapping every later stage bakes in)."""
+    """sha256 of the directory's ``vocab.txt`` (the token <-> id mapping every later stage bakes in).
+
+    Not ``stageio.model_dir_digest``: this bare digest of one file is persisted in the vocab and
+    masked-data manifests (a format contract) and feeds pretraining's data identity, so a new
+    format would make every training directory look changed after an upgrade.
+    """
     vocab = Path(tokenizer_dir) / "vocab.txt"
     if not vocab.is_file():
         raise InputError(f"{tokenizer_dir} is not a tokenizer directory: vocab.txt is missing (run the vocab stage first)")

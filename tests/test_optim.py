@@ -1,4 +1,5 @@
-"""LR schedule (steps and wall clock), LAMB, weight-decay groups."""
+"""The optimizers and LR schedules pretraining and fine-tuning share: schedule (steps and wall clock), LAMB,
+weight-decay groups, and fine-tuning's recipe kept bit for bit."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ import math
 import pytest
 import torch
 
-from bertflow.bert_core.pretrain.config import PretrainConfig
-from bertflow.bert_core.pretrain.lamb import Lamb
+from bertflow.bert_core.lamb import Lamb
+from bertflow.bert_core.optim import Schedule, build_optimizer, param_groups, set_lr
 from bertflow.bert_core.pretrain.model import BertForPretraining, ModelConfig
-from bertflow.bert_core.pretrain.optim import build_optimizer, param_groups
-from bertflow.bert_core.pretrain.schedule import Schedule
 
 
 def lrs(schedule: Schedule, steps: int) -> list[float]:
@@ -94,5 +93,42 @@ def test_no_weight_decay_on_biases_and_layernorms():
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    opt = build_optimizer(model, PretrainConfig(optimizer="lamb"), torch.device("cpu"))
-    assert isinstance(opt, Lamb)
+    opt = build_optimizer(model, 1e-3, 0.01, torch.device("cpu"), kind="lamb")
+    assert isinstance(opt, Lamb) and [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+
+
+def test_fine_tuning_keeps_its_recipe_bit_for_bit(tiny_model):
+    """The shared optimizer and schedule reproduce fine-tuning's own former AdamW + LambdaLR exactly."""
+    from transformers import AutoModelForSequenceClassification
+
+    def old_factor(step: int, warmup: int = 3, total: int = 12) -> float:  # finetune/train.py before sharing
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    models = [AutoModelForSequenceClassification.from_pretrained(tiny_model) for _ in range(2)]
+    old_opt = torch.optim.AdamW(param_groups(models[0], 0.01), lr=5e-4, fused=False)
+    old_sched = torch.optim.lr_scheduler.LambdaLR(old_opt, old_factor)
+    new_opt = build_optimizer(models[1], 5e-4, 0.01, torch.device("cpu"))
+    schedule = Schedule(5e-4, 3, "linear", min_lr_ratio=0.0, max_steps=12, warmup_pad=1)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(12):
+        ids = torch.randint(5, models[0].config.vocab_size, (4, 16), generator=gen)
+        labels = torch.randint(0, 3, (4,), generator=gen)
+        for m in models:
+            m.train()
+            torch.manual_seed(step)  # the same dropout masks in both
+            m(input_ids=ids, labels=labels).loss.backward()
+        set_lr(new_opt, schedule.lr_at(step))
+        assert new_opt.param_groups[0]["lr"] == old_opt.param_groups[0]["lr"]
+        old_opt.step()
+        old_sched.step()
+        new_opt.step()
+        old_opt.zero_grad()
+        new_opt.zero_grad()
+        assert schedule.lr_at(step + 1) == old_sched.get_last_lr()[0]  # the logged "lr"
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(models[0].parameters(),
+                                                   AutoModelForSequenceClassification.from_pretrained(tiny_model)
+                                                   .parameters()))  # and they did train
