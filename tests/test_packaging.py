@@ -45,9 +45,8 @@ def test_every_package_folder_is_mapped_into_bertflow():
 def wheel_venv(tmp_path_factory) -> Path:
     """A fresh venv (outside the checkout) with the bertflow wheel built from this checkout installed in it."""
     root = tmp_path_factory.mktemp("wheel")
-    source = root / "source"  # a copy: setuptools writes build/ and *.egg-info into the tree it builds
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "workspace", "build", "dist",
-                                                                 "*.egg-info", ".devcarry", ".whl", "__pycache__"))
+    # from a copy: setuptools writes build/ and *.egg-info into the tree it builds
+    source = shutil.copytree(REPO, root / "src", ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "workspace"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(root / "dist"), str(source)], check=True, capture_output=True, text=True, cwd=root)
     wheels = list((root / "dist").glob("bertflow-*.whl"))
