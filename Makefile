@@ -24,7 +24,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	@touch $@
 
 demo: install
-	$(BIN)/bertflow pipeline --config configs/tiny.yaml --workspace $(WORKSPACE)
+	$(BIN)/bertflow pipeline --config tiny --workspace $(WORKSPACE)
 
 test: install
 	$(BIN)/python -m pytest

@@ -22,7 +22,7 @@ from bertflow.bert_core.errors import InputError
 
 ENV_VAR = "BERTFLOW_WORKSPACE"
 DEFAULT = "workspace"
-# Folder names before bertflow 0.1 named every folder after its stage; such a workspace is renamed in place.
+# Folder names an earlier bertflow used; such a workspace is renamed in place, so each folder is named after its stage.
 LEGACY_NAMES = {"corpus": "ingest", "tokenizer": "vocab", "masked": "mask", "scores": "score"}
 
 log = logging.getLogger(__name__)
