@@ -302,7 +302,8 @@ def test_a_file_scorer_decides_only_where_files_are_scored(tiny_model, tmp_path)
 
 CHILD = textwrap.dedent("""
     import sys, time
-        from bertflow.bert_core.score.stage import run
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.stage import run
     lake, model, out = sys.argv[1:4]
     cfg = ScoreConfig(input=lake, batch_size=8, sort_window=2, max_length=32, device="cpu")
     run(cfg, model, out, on_progress=lambda done, total: time.sleep(0.15))  # slow enough to be killed mid-run
