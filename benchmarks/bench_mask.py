@@ -7,8 +7,9 @@ over every block (a torch ``DataLoader``, batch 64, as the Trainer feeds it).
 
 Ours: the mask stage, ``recipe=full``, ``full_packing=tokens`` (rows filled to 128 tokens
 like ``group_texts``), static masking, ``num_workers=N``, on a corpus directory holding
-the same text (one document per book; built here with pyarrow, not timed). Also timed:
-``full_packing=sentences`` (the default) and ``recipe=nsp``.
+the same text (one document per book, written by the ingest stage's writer without its
+cleaning: ``bert_core.ingest.documents``; not timed). Also timed: ``full_packing=sentences``
+(the default) and ``recipe=nsp``.
 
 Both run in this process, ``--repeats`` times each; medians are printed with the ratio.
 tokens/s counts the tokens of the produced sequences (specials included: the peer adds
@@ -38,8 +39,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-
 GUTENBERG = REPO.parent / "shared" / "data" / "gutenberg"
 
 
@@ -220,7 +219,7 @@ def main() -> None:
     args = ap.parse_args()
     if not GUTENBERG.exists():
         sys.exit(f"{GUTENBERG} is absent: this benchmark needs ../shared/data")
-    from bertflow.bert_core.mask.testing import write_corpus
+    from bertflow.bert_core.ingest.documents import write_corpus
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-mask-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -231,9 +230,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     corpus = work / "corpus"
     t0 = time.perf_counter()
-    # one shard per ~64 MB, as the ingest stage writes them (not timed)
-    per_shard = max(1, int(len(texts) * 64e6 / max(raw_mb * 1e6, 1)))
-    write_corpus(corpus, texts, docs_per_shard=per_shard, source="gutenberg")
+    write_corpus(corpus, texts, source="gutenberg")  # shards of 64 MiB, as the ingest stage writes them (not timed)
     print(f"corpus dir built in {time.perf_counter() - t0:.1f}s (not timed)")
     files = []
     if not (args.skip_peer or args.rss_full):

@@ -51,7 +51,7 @@ from bertflow.bert_core.ingest.stage import run as ingest
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.stage import output_dataset, run as score
 from bertflow.bert_core.stageio import read_manifest
-from tests.conftest import corpus_texts
+from tests.helpers import corpus_texts
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 
 def bertflow(args, cwd, env_extra=None, timeout=240):
     env = dict(os.environ)
@@ -97,8 +99,6 @@ def test_bad_inputs_fail_cleanly_and_keep_earlier_outputs(repo_root, tmp_path, a
 
 
 def test_tracking_server_down_fails_fast(repo_root, tmp_path, api_env):
-    from tests.servers import free_port
-
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     proc = bertflow(["ingest", "-c", "configs/tiny.yaml", "-w", str(tmp_path)], repo_root,
                     {**api_env, "MLFLOW_TRACKING_URI": down}, timeout=120)

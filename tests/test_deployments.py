@@ -16,8 +16,7 @@ from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
 from bertflow.bert_core.configtools import resolve_paths
 from bertflow.deployments.serve import NIGHTLY_OVERRIDES
 from bertflow.tasks import tracking
-from tests.conftest import REPO, TINY_OVERRIDES
-from tests.servers import free_port, running
+from tests.helpers import REPO, TINY_OVERRIDES, free_port, running
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -36,7 +36,6 @@ from bertflow.bert_core.ingest.reader import open_corpus
 from bertflow.bert_core.ingest.stage import run as ingest
 from bertflow.bert_core.mask.config import MaskConfig
 from bertflow.bert_core.mask.stage import run as mask
-from bertflow.bert_core.mask.testing import synthetic_documents, train_wordpiece
 from bertflow.bert_core.pretrain import checkpoint as ckpt
 from bertflow.bert_core.pretrain.config import PretrainConfig
 from bertflow.bert_core.pretrain.stage import run as pretrain
@@ -45,8 +44,7 @@ from bertflow.bert_core.score.commit import LOCK_NAME, output_lock
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.stage import plan, run as score, score_file
 from bertflow.bert_core.stageio import dir_digest, file_digest
-from tests.faults import hidden_leftovers
-from tests.test_score import make_lake, read_out
+from tests.helpers import hidden_leftovers, make_lake, read_scored, synthetic_documents, train_wordpiece
 
 _FORK = multiprocessing.get_context("fork")
 LIMIT = 256 << 10  # the file-size limit of the "disk full" child: every output below is bigger than this
@@ -214,7 +212,7 @@ def test_disk_full_during_scoring_keeps_committed_files_and_leaves_no_temp(tiny_
     assert not (out / "part-900.parquet").exists() and hidden_leftovers(out) == []
     again = score(scfg(lake), tiny_model, out)  # with room again: the new file scored, the old one skipped
     assert again.metrics["files_scored"] == 1 and again.metrics["files_skipped"] == 1
-    assert read_out(out).num_rows == 20 + 40
+    assert read_scored(out).num_rows == 20 + 40
 
 
 def test_real_enospc_on_a_full_filesystem(small_fs, tiny_model, tmp_path):
@@ -386,7 +384,7 @@ def test_lake_file_vanishing_between_listing_and_reading_is_named(tiny_model, tm
     result = score(scfg(lake), tiny_model, out, on_progress=lambda done, total: doomed.unlink(missing_ok=True))
     assert [f.input for f in result.failed] == ["part-002.parquet"]
     assert str(doomed) in result.failed[0].reason
-    assert result.metrics["files_scored"] == 2 and read_out(out).num_rows == 12 and hidden_leftovers(out) == []
+    assert result.metrics["files_scored"] == 2 and read_scored(out).num_rows == 12 and hidden_leftovers(out) == []
 
 
 # ======================================================================================= cut weights
@@ -494,7 +492,7 @@ def test_two_score_runs_at_once_one_refuses_naming_the_lock(tiny_model, tmp_path
         proc.kill()
         proc.join()
     score(scfg(lake), tiny_model, ref)  # an undisturbed run: the first one's output must equal it
-    got, want = read_out(out).sort_by("id"), read_out(ref).sort_by("id")
+    got, want = read_scored(out).sort_by("id"), read_scored(ref).sort_by("id")
     assert got["id"].to_pylist() == list(range(64)) and got["label"].to_pylist() == want["label"].to_pylist()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["files_scored"] == 4 and not manifest["failed"] and hidden_leftovers(out) == []

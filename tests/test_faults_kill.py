@@ -35,13 +35,10 @@ import torch
 
 from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.stageio import MANIFEST, file_digest
-from tests.conftest import REPO
-from tests.faults import (Killed, KillLog, calibrate, die, hidden_leftovers, kill_at, kill_during, kill_when,
-                          visible_parquet, wrap)
-from tests.test_score import cfg as score_cfg
-from tests.test_score import make_lake, read_out
+from tests.helpers import (BOOKS, Killed, KillLog, calibrate, die, hidden_leftovers, kill_at, kill_during,
+                           kill_when, make_lake, read_scored, score_cfg, synthetic_documents, train_wordpiece,
+                           visible_parquet, wrap)
 
-BOOKS = REPO / "data" / "books"
 SEEDS = range(10)
 MIN_LANDED = 6  # of 10 kills, at least this many must hit a running child (delays are 5-85 % of a run)
 LOGS = {stage: KillLog(stage) for stage in ("ingest", "mask", "pretrain", "score")}
@@ -159,15 +156,15 @@ def _check_mask_output(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def mask_setup(tmp_path_factory):
-    """A synthetic corpus of 600 docs in 8 shards: 26 work units, dupe_factor 2, 6842 rows in 18 output shards."""
+    """A synthetic corpus of 600 docs in 8 shards: 24 work units, dupe_factor 2, 6842 rows in 18 output shards."""
     from bertflow.bert_core.mask.config import MaskConfig
     from bertflow.bert_core.mask.stage import run
-    from bertflow.bert_core.mask.testing import synthetic_documents, train_wordpiece, write_corpus
+    from bertflow.bert_core.ingest.documents import write_corpus
 
     root = tmp_path_factory.mktemp("kill-mask")
     docs = synthetic_documents(600, seed=3)
     tok = train_wordpiece(root / "tok", docs, vocab_size=500)
-    corpus = write_corpus(root / "corpus", docs, docs_per_shard=75)
+    corpus = write_corpus(root / "corpus", docs, shard_max_bytes=70_000)
     cfg = MaskConfig(num_workers=1, max_seq_length=64, unit_mb=0.02, rows_per_shard=400, dupe_factor=2,
                      row_group_rows=100, seed=11)
     ref = root / "ref"
@@ -292,7 +289,7 @@ def score_setup(tiny_model, tmp_path_factory):
     ref = root / "ref"
     run(cfg, tiny_model, ref)
     expected_s, forked = calibrate(lambda out: run(cfg, tiny_model, out), root)
-    assert all(read_out(f).sort_by("id").equals(read_out(ref).sort_by("id")) for f in forked)
+    assert all(read_scored(f).sort_by("id").equals(read_scored(ref).sort_by("id")) for f in forked)
     return {"call": lambda out: run(cfg, tiny_model, out), "ref": ref, "expected_s": expected_s}
 
 
@@ -321,7 +318,7 @@ def test_score_kill_then_rerun_is_exactly_once(score_setup, tmp_path, seed):
     assert result.metrics["files_scored"] == SCORE_FILES - committed and result.metrics["files_failed"] == 0
     _check_committed(out)
     assert [p.name for p in visible_parquet(out)] == [p.name for p in visible_parquet(s["ref"])]
-    got, want = read_out(out).sort_by("id"), read_out(s["ref"]).sort_by("id")
+    got, want = read_scored(out).sort_by("id"), read_scored(s["ref"]).sort_by("id")
     ids = got["id"].to_pylist()
     assert ids == list(range(SCORE_FILES * SCORE_ROWS))  # no key missing, none twice
     assert got["label"].to_pylist() == want["label"].to_pylist() and got["error"].null_count == SCORE_FILES * SCORE_ROWS

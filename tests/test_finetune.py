@@ -13,13 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tests.test_finetune_support import build_tiny_bert, ner_rows, pair_rows, sentiment_rows, write_conll, write_csv
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.predict import Predictor
 from bertflow.bert_core.finetune.stage import run
 from bertflow.bert_core.stageio import read_manifest
+from tests.helpers import build_tiny_bert, ner_rows, pair_rows, sentiment_rows, write_conll, write_csv
 
 # One torch thread: the tiny model gains nothing from two, and other test runs may hold the cores.
 FAST = dict(

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.test_finetune_support import build_tiny_bert, write_conll, write_csv
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.finetune.batching import bucketed_batches, collate, sorted_batches
@@ -21,9 +19,7 @@ from bertflow.bert_core.finetune.encode import IGNORE, encode_texts, encode_word
 from bertflow.bert_core.finetune.labels import infer_label_names
 from bertflow.bert_core.finetune.readers import read_examples
 from bertflow.bert_core.finetune.split import split_indices
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is absent")
+from tests.helpers import SHARED_DATA, build_tiny_bert, requires_shared_data, write_conll, write_csv
 
 CONLL_FIXTURE = """-DOCSTART- -X- -X- O
 
@@ -237,25 +233,25 @@ def test_ner_truncated_words_are_marked_missing(tiny_tokenizer):
 # ---- the shared data sets' real formats (a few hundred rows) ------------------------------------------
 
 
-@needs_shared
+@requires_shared_data
 def test_reads_sst2_tsv():
-    ex = read_examples(SHARED / "sst2" / "train.tsv", "sequence", text_column="sentence")
+    ex = read_examples(SHARED_DATA / "sst2" / "train.tsv", "sequence", text_column="sentence")
     assert len(ex) == 67349
     assert set(ex.labels) == {"0", "1"}
     assert ex.texts[0] == "hide new secretions from the parental units "
 
 
-@needs_shared
+@requires_shared_data
 def test_reads_banking77_csv_with_embedded_newlines():
-    ex = read_examples(SHARED / "banking77" / "train.csv", "sequence", label_column="category")
+    ex = read_examples(SHARED_DATA / "banking77" / "train.csv", "sequence", label_column="category")
     assert len(ex) == 10003  # raw line count is higher: 10 texts hold a quoted newline
     assert sum("\n" in t for t in ex.texts) == 10
-    categories = json.loads((SHARED / "banking77" / "categories.json").read_text())
+    categories = json.loads((SHARED_DATA / "banking77" / "categories.json").read_text())
     assert infer_label_names(ex.labels) == sorted(categories)
 
 
-@needs_shared
+@requires_shared_data
 def test_reads_conll2003():
-    ex = read_examples(SHARED / "conll2003" / "valid.txt", "token")
+    ex = read_examples(SHARED_DATA / "conll2003" / "valid.txt", "token")
     assert len(ex) == 3250 and sum(len(w) for w in ex.words) == 51362
     assert Counter(t for s in ex.tags for t in s)["B-PER"] == 1842

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,9 +13,8 @@ from bertflow.bert_core.ingest.config import IngestConfig
 from bertflow.bert_core.ingest.decode import decode_bytes
 from bertflow.bert_core.ingest.gutenberg import strip_gutenberg
 from bertflow.bert_core.ingest.sentences import sentence_starts
+from tests.helpers import BOOKS
 
-REPO = Path(__file__).resolve().parents[1]
-BOOKS = REPO / "data" / "books"
 
 
 def _sentences(text: str) -> list[str]:

@@ -16,7 +16,7 @@ from bertflow.bert_core.ingest.config import IngestConfig
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
 from bertflow.bert_core.ingest.stage import run
 from bertflow.bert_core.stageio import read_manifest
-from tests.conftest import corpus_column, corpus_texts
+from tests.helpers import corpus_column, corpus_texts
 
 DOCS = [
     f"Document number {i} talks about topic {i}. It has a second sentence! And a third one?"

@@ -17,16 +17,14 @@ import pytest
 
 from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.ingest.config import IngestConfig
+from bertflow.bert_core.ingest.documents import write_corpus
 from bertflow.bert_core.ingest.reader import iter_rows, open_corpus, read_table, sentence_starts
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
 from bertflow.bert_core.ingest.stage import run
 from bertflow.bert_core.ingest.sentences import sentence_starts as sentence_starts_of
-from bertflow.bert_core.mask.testing import write_corpus
 from bertflow.bert_core.stageio import read_manifest, write_manifest
+from tests.helpers import BOOKS, REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
-BOOKS = REPO / "data" / "books"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _cfg(*inputs, **kw) -> IngestConfig:
@@ -199,13 +197,33 @@ def test_reader_reads_back_what_ingest_wrote(small_corpus):
     assert ids == [r["doc_id"] for r in rows]
 
 
+def test_ready_documents_are_written_as_ingest_writes_them(small_corpus, tmp_path):
+    out, docs, result = small_corpus  # clean, unique documents: ingestion keeps them as they are
+    source = _table(out)["source"][0].as_py()
+    ours = write_corpus(tmp_path / "corpus", docs, source=source, shard_max_bytes=int(0.01 * (1 << 20)))
+    theirs = read_manifest(out, "ingest")
+    mine = read_manifest(ours, "ingest")
+    assert mine["corpus_fingerprint"] == theirs["corpus_fingerprint"] == result.details["corpus_fingerprint"]
+    assert mine["shards"] == theirs["shards"] and mine["schema"] == theirs["schema"] and len(mine["shards"]) >= 3
+    for key in ("docs_out", "chars_out", "text_bytes_out"):
+        assert mine["counts"][key] == theirs["counts"][key]
+    for shard in theirs["shards"]:  # one writer: the same bytes
+        assert (ours / shard["name"]).read_bytes() == (out / shard["name"]).read_bytes()
+    given = write_corpus(tmp_path / "given", ["Ab. Cd.", "Ef"], [[0], [0]])
+    assert [r["sent_starts"] for r in _table(given).to_pylist()] == [[0], [0]]  # as given, not split again
+    with pytest.raises(InputError, match="no documents"):
+        write_corpus(tmp_path / "empty", [])
+    assert not (tmp_path / "empty").exists()
+
+
 def test_reader_reads_row_ranges_across_row_groups(tmp_path):
     docs = [_doc(i) * (1 + i % 5) for i in range(200)]
-    corpus = open_corpus(write_corpus(tmp_path / "corpus", docs, docs_per_shard=100, row_group_mb=0.002))
-    shard = corpus.shards[1]
-    assert shard.rows == 100 and shard.row_groups >= 5
-    for start, end in [(0, 100), (13, 57), (99, 100), (40, 40)]:
-        want = docs[100 + start:100 + end]
+    half = sum(len(d.encode()) for d in docs) // 2
+    corpus = open_corpus(write_corpus(tmp_path / "corpus", docs, shard_max_bytes=half + 100, row_group_bytes=2000))
+    shard, first = corpus.shards[1], corpus.shards[0].rows
+    assert len(corpus.shards) == 2 and shard.rows >= 90 and shard.row_groups >= 5
+    for start, end in [(0, shard.rows), (13, 57), (shard.rows - 1, shard.rows), (40, 40)]:
+        want = docs[first + start:first + end]
         batches = list(iter_rows(shard.path, start, end, ["doc_id", "text", "sent_starts"], batch_rows=6))
         assert [t for b in batches for t in b.column("text").to_pylist()] == want
         starts = [s for b in batches for s in sentence_starts(b.column("sent_starts"), b.column("text").to_pylist(),
@@ -385,7 +403,7 @@ def test_config_validation():
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-@pytest.mark.skipif(not (SHARED / "gutenberg").is_dir(), reason="needs ../shared/data/gutenberg")
+@pytest.mark.skipif(not (SHARED_DATA / "gutenberg").is_dir(), reason="needs ../shared/data/gutenberg")
 def test_full_gutenberg_ingest_peak_rss_under_1gb(tmp_path):
     """Streaming: the whole shared Gutenberg corpus (150 MB of text) in a subprocess, peak RSS < 1 GB."""
     code = (
@@ -393,7 +411,7 @@ def test_full_gutenberg_ingest_peak_rss_under_1gb(tmp_path):
         "from bertflow.bert_core.ingest.config import IngestConfig\n"
         "from bertflow.bert_core.ingest.stage import run\n"
         "if __name__ == '__main__':\n"
-        f"    r = run(IngestConfig(inputs=({str(SHARED / 'gutenberg' / '*.txt.gz')!r},), workers=2), {str(tmp_path / 'c')!r})\n"
+        f"    r = run(IngestConfig(inputs=({str(SHARED_DATA / 'gutenberg' / '*.txt.gz')!r},), workers=2), {str(tmp_path / 'c')!r})\n"
         # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would count the forking pytest's RSS
         "    me = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
         "    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"

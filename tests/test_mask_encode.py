@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bertflow.bert_core.ingest.sentences import sentence_starts
 from bertflow.bert_core.mask.encode import DocumentEncoder
-from bertflow.bert_core.mask.testing import split_sentences
 from bertflow.bert_core.mask.tokenizer import load_tokenizer
+from tests.helpers import BOOKS
 
-REPO = Path(__file__).resolve().parents[1]
 TRICKY = [
     "Hello\x0bWorld\x0cagain\x01x \x7f",  # controls the normalizer deletes (joining words)
     "Literal [CLS] and [MASK] and [sep] in text.",  # added tokens match the raw text
@@ -38,7 +37,7 @@ def minilm(minilm_dir):
 @pytest.fixture(scope="module")
 def books() -> list[str]:
     out = []
-    for path in sorted((REPO / "data" / "books").glob("*.txt.gz"))[:3]:
+    for path in sorted(BOOKS.glob("*.txt.gz"))[:3]:
         out.append(gzip.decompress(path.read_bytes()).decode("utf-8-sig", errors="replace")[:60_000])
     return out
 
@@ -80,7 +79,7 @@ def test_fast_path_matches_the_tokenizer_on_any_text(minilm, small_piece_encoder
 def test_sentence_offsets_are_the_tokens_of_each_sentence(minilm, books):
     tokenizer, info = minilm
     texts = books + ["  Leading space. Then more!  And\x01 more?", "One sentence only"]
-    starts = [np.asarray(split_sentences(t), dtype=np.int64) for t in texts]
+    starts = [np.asarray(sentence_starts(t), dtype=np.int64) for t in texts]
     enc = DocumentEncoder(tokenizer, info, piece_chars=500).encode(texts, starts)
     assert len(enc.sent_starts) == sum(len(s) for s in starts) > 300
     for d, text in enumerate(texts):
@@ -99,7 +98,7 @@ def test_sentence_offsets_are_the_tokens_of_each_sentence(minilm, books):
 def test_word_cache_and_tokenizer_paths_give_the_same_sentences(minilm, books):
     tokenizer, info = minilm
     texts = books + TRICKY
-    starts = [np.asarray(split_sentences(t), dtype=np.int64) for t in texts]
+    starts = [np.asarray(sentence_starts(t), dtype=np.int64) for t in texts]
     fast = DocumentEncoder(tokenizer, info, piece_chars=400).encode(texts, starts)
     slow = DocumentEncoder(tokenizer, info, piece_chars=400, fast_path=False).encode(texts, starts)
     for name in ("ids", "doc_offsets", "sent_starts", "sent_ends", "doc_sent_offsets"):
@@ -121,7 +120,7 @@ def test_sentence_starts_inside_words_leave_the_tokens_alone(minilm):
 
 def test_batches_of_documents_concatenate(minilm, books):
     tokenizer, info = minilm
-    starts = [np.asarray(split_sentences(t), dtype=np.int64) for t in books]
+    starts = [np.asarray(sentence_starts(t), dtype=np.int64) for t in books]
     one = DocumentEncoder(tokenizer, info).encode(books, starts)
     many = DocumentEncoder(tokenizer, info, batch_chars=10_000).encode(books, starts)
     for name in ("ids", "doc_offsets", "sent_starts", "sent_ends", "doc_sent_offsets"):

@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.ingest.documents import write_corpus
 from bertflow.bert_core.mask.config import MaskConfig
 from bertflow.bert_core.mask.masking import IGNORE_INDEX, word_start_table
 from bertflow.bert_core.mask.reader import MaskedDataset, to_torch
 from bertflow.bert_core.mask.stage import run
-from bertflow.bert_core.mask.testing import synthetic_documents, train_wordpiece, write_corpus
+from tests.helpers import synthetic_documents, train_wordpiece
 
 SEQ = 48
 KW = dict(max_seq_length=SEQ, rows_per_shard=400, row_group_rows=64, num_workers=1)

@@ -20,16 +20,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.ingest.documents import write_corpus
+from bertflow.bert_core.ingest.reader import open_corpus
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
+from bertflow.bert_core.ingest.sentences import sentence_starts
 from bertflow.bert_core.mask.config import MaskConfig
 from bertflow.bert_core.mask.masking import word_start_table
 from bertflow.bert_core.mask.stage import run
-from bertflow.bert_core.mask.testing import split_sentences, synthetic_documents, train_wordpiece, write_corpus
 from bertflow.bert_core.stageio import write_manifest
+from tests.helpers import BOOKS, synthetic_documents, train_wordpiece
 
-REPO = Path(__file__).resolve().parents[1]
 K = 6  # n-gram length used to locate a segment in the corpus
-DOCS_PER_SHARD = 200
+SHARD_BYTES = 200_000  # the 480 kB synthetic corpus in three shards
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -40,7 +42,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("mask")
     docs = synthetic_documents(500, seed=0)
     tok_dir = train_wordpiece(root / "tok", docs, vocab_size=700)
-    corpus = write_corpus(root / "corpus", docs, docs_per_shard=DOCS_PER_SHARD)
+    corpus = write_corpus(root / "corpus", docs, shard_max_bytes=SHARD_BYTES)
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
@@ -97,12 +99,13 @@ class Locator:
 def unit_streams(setup) -> list[np.ndarray]:
     """The full_sentences stream of each unit (= corpus shard here): documents joined by [SEP]."""
     sep = setup["sp"]["sep"]
-    out = []
-    for a in range(0, len(setup["ref"]), DOCS_PER_SHARD):
+    out, first = [], 0
+    for shard in open_corpus(setup["corpus"]).shards:
         parts = []
-        for d in setup["ref"][a:a + DOCS_PER_SHARD]:
+        for d in setup["ref"][first:first + shard.rows]:
             parts += [d, [sep]]
         out.append(np.concatenate(parts[:-1]).astype(np.int64))
+        first += shard.rows
     return out
 
 
@@ -150,7 +153,7 @@ def test_doc_sentences_rows_are_whole_sentences_packed_greedily(setup):
     tokenizer = setup["tokenizer"]
     bounds = []  # token offsets of sentence boundaries per document, from tokenizing each sentence alone
     for text in setup["docs"]:
-        starts = [*split_sentences(text), len(text)]
+        starts = [*sentence_starts(text), len(text)]
         lengths = [len(e.ids) for e in tokenizer.encode_batch([text[a:b] for a, b in zip(starts, starts[1:])],
                                                               add_special_tokens=False)]
         bounds.append(np.concatenate([[0], np.cumsum(lengths)]))
@@ -435,7 +438,7 @@ def test_reads_the_ingestion_stages_output(setup, tmp_path):
     from bertflow.bert_core.ingest.config import IngestConfig
 
     corpus = tmp_path / "corpus"
-    ingest.run(IngestConfig(inputs=(str(REPO / "data" / "books" / "*.txt.gz"),), workers=1), corpus)
+    ingest.run(IngestConfig(inputs=(str(BOOKS / "*.txt.gz"),), workers=1), corpus)
     res = run(MaskConfig(recipe="nsp", num_workers=1), corpus, setup["tok"], tmp_path / "out")
     assert res.metrics["sequences"] > 100 and res.metrics["docs_skipped"] == 0
     assert 0.4 < res.metrics["random_next_rate"] < 0.6

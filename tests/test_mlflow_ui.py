@@ -14,8 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bertflow.tasks import tracking
-from tests.conftest import REPO, TINY_OVERRIDES
-from tests.servers import free_port, running
+from tests.helpers import REPO, TINY_OVERRIDES, free_port, running
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -13,7 +13,7 @@ from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.flowconfig import FlowConfig
 from bertflow.tasks import stages as stage_tasks
 from bertflow.tasks import tracking
-from tests.conftest import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES
 
 
 def test_configured_gives_data_stages_backoff_and_training_stages_a_cap_without_retries():

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 LAYERS = {"bert_core": "bertflow.bert_core", "tasks": "bertflow.tasks", "flows": "bertflow.flows",
           "deployments": "bertflow.deployments"}

@@ -10,7 +10,7 @@ import pytest
 
 from bertflow.bert_core.config import STAGES
 from bertflow.tasks import tracking
-from tests.conftest import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
 

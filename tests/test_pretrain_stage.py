@@ -24,7 +24,7 @@ from bertflow.bert_core.pretrain.inputs import read_data_info
 from bertflow.bert_core.pretrain.model import BertForPretraining, ModelConfig
 from bertflow.bert_core.pretrain.stage import run
 from bertflow.bert_core.pretrain.synthetic import write_masked_data, write_tokenizer
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 VOCAB, SEQ = 300, 32
 TINY = PretrainConfig(

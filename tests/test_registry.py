@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pytest
 
-from tests.test_finetune_support import build_tiny_bert
-
-import mlflow  # noqa: E402
-
-from bertflow.bert_core.errors import InputError  # noqa: E402
-from bertflow.bert_core.finetune.predict import Predictor  # noqa: E402
-from bertflow.tasks import registry, tracking  # noqa: E402
+from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.finetune.predict import Predictor
+from bertflow.tasks import registry, tracking
+from tests.helpers import build_tiny_bert
 
 NAME = "test-clf"
 TEXTS = ["the cat sat great", "awful river", "okay window", "zanderbrook walked"]

@@ -20,38 +20,9 @@ import pytest
 import torch
 
 from bertflow.bert_core.errors import InputError
-from bertflow.bert_core.score.config import ScoreConfig
-from bertflow.bert_core.score.stage import FileJob, output_dataset, output_lock, plan, run, score_file
+from bertflow.bert_core.score.stage import FileJob, output_lock, plan, run, score_file
 from bertflow.bert_core.stageio import read_manifest
-from tests.conftest import LABELS, REPO, sentence  # the tiny_model fixture lives in conftest too
-
-
-def write(path: Path, table: dict | pa.Table) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table if isinstance(table, pa.Table) else pa.table(table), path)
-    return path
-
-
-def make_lake(root: Path, files: int, rows: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    texts = []
-    for f in range(files):
-        chunk = [sentence(rng) for _ in range(rows)]
-        texts += chunk
-        write(root / f"part-{f:03d}.parquet", {"id": list(range(f * rows, (f + 1) * rows)), "text": chunk})
-    return texts
-
-
-def cfg(lake: Path, **kw) -> ScoreConfig:
-    kw.setdefault("batch_size", 8)
-    kw.setdefault("sort_window", 4)
-    kw.setdefault("max_length", 32)
-    kw.setdefault("device", "cpu")
-    return ScoreConfig(input=str(lake), **kw)
-
-
-def read_out(out: Path) -> pa.Table:
-    return output_dataset(out).to_table()
+from tests.helpers import LABELS, REPO, make_lake, read_scored, score_cfg, sentence, write_parquet
 
 
 def hf_reference(model_dir: Path, texts: list[str], max_length: int, pairs: list[str] | None = None):
@@ -76,12 +47,12 @@ def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path):
     huge = "good " * 200_000  # 1 MB of text: truncated, still scored
     texts = [sentence(rng), None, "", "  \t\n ", huge, "éàü !", sentence(rng, 40, 60)] * 7 + [None]
     lake = tmp_path / "lake"
-    write(lake / "a.parquet", {"id": list(range(len(texts))), "text": texts})
-    write(lake / "b.parquet", {"id": [100, 101, 102], "text": pa.array([1, None, 3], pa.int64())})
+    write_parquet(lake / "a.parquet", {"id": list(range(len(texts))), "text": texts})
+    write_parquet(lake / "b.parquet", {"id": [100, 101, 102], "text": pa.array([1, None, 3], pa.int64())})
     raw = pa.array([b"good film", b"\xff\xfe not utf-8", None], pa.binary()).view(pa.string())  # a broken writer
-    write(lake / "c.parquet", pa.table({"id": [200, 201, 202], "text": raw}))
-    result = run(cfg(lake, max_length=16), tiny_model, tmp_path / "out")
-    out = read_out(tmp_path / "out").sort_by("id")
+    write_parquet(lake / "c.parquet", pa.table({"id": [200, 201, 202], "text": raw}))
+    result = run(score_cfg(lake, max_length=16), tiny_model, tmp_path / "out")
+    out = read_scored(tmp_path / "out").sort_by("id")
     a = out.filter(pc.less(out["id"], 100)).to_pylist()
     assert [r["id"] for r in a] == list(range(len(texts)))  # rows in = rows out, in order, no duplicates
     for text, row in zip(texts, a):
@@ -103,8 +74,8 @@ def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path):
     assert m["rows_error"] == 3 * 7 + 1 + 3 + 2 and m["rows_truncated"] == truncated >= 14
 
     # The cast policy scores numbers as text instead.
-    cast = run(cfg(lake / "b.parquet", non_string_text="cast"), tiny_model, tmp_path / "out-cast")
-    rows = read_out(tmp_path / "out-cast").sort_by("id").to_pylist()
+    cast = run(score_cfg(lake / "b.parquet", non_string_text="cast"), tiny_model, tmp_path / "out-cast")
+    rows = read_scored(tmp_path / "out-cast").sort_by("id").to_pylist()
     assert [r["error"] for r in rows] == [None, "null_text", None] and rows[0]["label"] is not None
     assert cast.metrics["rows_scored"] == 2
 
@@ -115,11 +86,11 @@ def test_output_equals_a_plain_hf_forward(tiny_model, tmp_path, pair):
     texts = [sentence(rng, 1, 40) for _ in range(120)]
     seconds = [sentence(rng, 1, 10) for _ in range(120)] if pair else None
     data = {"id": list(range(120)), "text": texts, **({"hyp": seconds} if pair else {})}
-    write(tmp_path / "in.parquet", data)
-    c = cfg(tmp_path / "in.parquet", probabilities=True, embeddings="mean", text_pair_column="hyp" if pair else None,
+    write_parquet(tmp_path / "in.parquet", data)
+    c = score_cfg(tmp_path / "in.parquet", probabilities=True, embeddings="mean", text_pair_column="hyp" if pair else None,
             max_length=24, batch_size=16)
     run(c, tiny_model, tmp_path / "out")
-    out = read_out(tmp_path / "out").sort_by("id")
+    out = read_scored(tmp_path / "out").sort_by("id")
     probs, _, mean = hf_reference(tiny_model, texts, 24, seconds)
     assert out["label"].to_pylist() == [LABELS[i] for i in probs.argmax(1)]
     np.testing.assert_allclose(out["score"].to_numpy(), probs.max(1), atol=1e-4)
@@ -134,8 +105,8 @@ def test_output_equals_a_plain_hf_forward(tiny_model, tmp_path, pair):
 def test_probabilities_and_cls_embedding_columns(tiny_model, tmp_path):
     rng = random.Random(3)
     texts = [sentence(rng) for _ in range(30)] + [None]
-    write(tmp_path / "in.parquet", {"id": list(range(31)), "text": texts})
-    run(cfg(tmp_path / "in.parquet", probabilities=True, embeddings="cls"), tiny_model, tmp_path / "out",
+    write_parquet(tmp_path / "in.parquet", {"id": list(range(31)), "text": texts})
+    run(score_cfg(tmp_path / "in.parquet", probabilities=True, embeddings="cls"), tiny_model, tmp_path / "out",
         model_uri="models:/tiny@champion", model_version="7")
     out = pq.read_table(tmp_path / "out" / "in.parquet")
     assert out.schema.field("probabilities").type == pa.list_(pa.float32())
@@ -157,16 +128,16 @@ def test_hive_partitions_are_mirrored_and_filters_apply(tiny_model, tmp_path):
     for dt in ("2024-01-01", "2024-01-02"):
         for part in range(2):
             n = 20
-            write(lake / f"dt={dt}" / f"part-{part}.parquet",
+            write_parquet(lake / f"dt={dt}" / f"part-{part}.parquet",
                   {"id": [f"{dt}/{part}/{i}" for i in range(n)], "text": [sentence(rng) for _ in range(n)],
                    "lang": [rng.choice(["en", "fr"]) for _ in range(n)], "n": list(range(n))})
     out = tmp_path / "out"
-    result = run(cfg(lake, filter="dt = '2024-01-02' AND lang = 'en' AND n >= 5", key_columns=("id", "lang")),
+    result = run(score_cfg(lake, filter="dt = '2024-01-02' AND lang = 'en' AND n >= 5", key_columns=("id", "lang")),
                  tiny_model, out)
     outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
     assert outputs == ["dt=2024-01-01/part-0.parquet", "dt=2024-01-01/part-1.parquet",
                        "dt=2024-01-02/part-0.parquet", "dt=2024-01-02/part-1.parquet"]
-    table = read_out(out)
+    table = read_scored(out)
     assert table.column_names[:2] == ["id", "lang"]
     assert "n" not in table.column_names and "text" not in table.column_names
     src = pa.concat_tables(pq.read_table(p).append_column("dt", pa.array([p.parent.name[3:]] * 20))
@@ -185,7 +156,7 @@ def test_corrupt_files_are_reported_and_the_others_scored(tiny_model, tmp_path):
     good = (lake / "part-000.parquet").read_bytes()
     (lake / "part-cut.parquet").write_bytes(good[: len(good) // 2])
     out = tmp_path / "out"
-    result = run(cfg(lake), tiny_model, out)
+    result = run(score_cfg(lake), tiny_model, out)
     assert result.metrics["files_failed"] == 2 and result.metrics["files_scored"] == 3
     failed = {f.input: f.reason for f in result.failed}
     assert set(failed) == {"part-bad.parquet", "part-cut.parquet"}
@@ -194,27 +165,27 @@ def test_corrupt_files_are_reported_and_the_others_scored(tiny_model, tmp_path):
     assert {f["input"] for f in manifest["failed"]} == set(failed)
     assert manifest["metrics"]["rows_scored"] + manifest["metrics"]["rows_error"] == 30
     assert sorted(p.name for p in out.glob("*.parquet")) == ["part-000.parquet", "part-001.parquet", "part-002.parquet"]
-    again = run(cfg(lake), tiny_model, out)  # failed files are retried, committed ones skipped
+    again = run(score_cfg(lake), tiny_model, out)  # failed files are retried, committed ones skipped
     assert again.metrics["files_skipped"] == 3 and again.metrics["files_failed"] == 2
 
 
 def test_reruns_skip_committed_files_and_redo_changed_ones(tiny_model, tmp_path):
     lake, out = tmp_path / "lake", tmp_path / "out"
     make_lake(lake, files=3, rows=12)
-    first = run(cfg(lake), tiny_model, out)
+    first = run(score_cfg(lake), tiny_model, out)
     assert first.metrics["files_scored"] == 3
-    assert run(cfg(lake), tiny_model, out).metrics["files_skipped"] == 3
-    write(lake / "part-001.parquet", {"id": [1, 2], "text": ["good film", "bad film"]})  # input changed
-    jobs = {j.rel_path: j for j in plan(cfg(lake), out, model_dir=tiny_model)}
+    assert run(score_cfg(lake), tiny_model, out).metrics["files_skipped"] == 3
+    write_parquet(lake / "part-001.parquet", {"id": [1, 2], "text": ["good film", "bad film"]})  # input changed
+    jobs = {j.rel_path: j for j in plan(score_cfg(lake), out, model_dir=tiny_model)}
     assert not jobs["part-001.parquet"].committed and jobs["part-001.parquet"].reason == "input changed"
     assert jobs["part-000.parquet"].committed
-    third = run(cfg(lake), tiny_model, out)
+    third = run(score_cfg(lake), tiny_model, out)
     assert third.metrics["files_scored"] == 1 and third.metrics["files_skipped"] == 2
     assert pq.read_metadata(out / "part-001.parquet").num_rows == 2
-    assert [j.reason for j in plan(cfg(lake, probabilities=True), out)] == ["config changed"] * 3
+    assert [j.reason for j in plan(score_cfg(lake, probabilities=True), out)] == ["config changed"] * 3
     # score_file is idempotent: a committed file returns at once.
-    job = plan(cfg(lake), out, model_dir=tiny_model)[0]
-    assert score_file(cfg(lake), job, tiny_model).status == "skipped"
+    job = plan(score_cfg(lake), out, model_dir=tiny_model)[0]
+    assert score_file(score_cfg(lake), job, tiny_model).status == "skipped"
     # A different model makes every output stale.
     other = tmp_path / "other-model"
     other.mkdir()
@@ -222,7 +193,7 @@ def test_reruns_skip_committed_files_and_redo_changed_ones(tiny_model, tmp_path)
         (other / p.name).write_bytes(p.read_bytes())
     (other / "config.json").write_text(json.dumps({**json.loads((tiny_model / "config.json").read_text()),
                                                    "id2label": {"0": "a", "1": "b", "2": "c"}}))
-    assert [j.reason for j in plan(cfg(lake), out, model_dir=other)] == ["model changed"] * 3
+    assert [j.reason for j in plan(score_cfg(lake), out, model_dir=other)] == ["model changed"] * 3
 
 
 def test_model_dir_digest_keeps_the_committed_format_and_ignores_provenance(tiny_model, tmp_path):
@@ -252,8 +223,8 @@ def test_concurrent_run_refuses_via_the_lock(tiny_model, tmp_path):
     make_lake(lake, files=1, rows=5)
     with output_lock(out):
         with pytest.raises(InputError, match="another scoring run holds the lock on"):
-            run(cfg(lake), tiny_model, out)
-    assert run(cfg(lake), tiny_model, out).metrics["files_scored"] == 1  # released afterwards
+            run(score_cfg(lake), tiny_model, out)
+    assert run(score_cfg(lake), tiny_model, out).metrics["files_scored"] == 1  # released afterwards
 
 
 def test_progress_and_manifest(tiny_model, tmp_path):
@@ -261,7 +232,7 @@ def test_progress_and_manifest(tiny_model, tmp_path):
     make_lake(lake, files=2, rows=40)
     seen = []
     threads = torch.get_num_threads()
-    result = run(cfg(lake, read_batch_rows=16, cpu_threads=threads + 1), tiny_model, out,
+    result = run(score_cfg(lake, read_batch_rows=16, cpu_threads=threads + 1), tiny_model, out,
                  on_progress=lambda d, t: seen.append((d, t)))
     assert torch.get_num_threads() == threads  # scoring's thread setting does not leak into the process
     assert seen[-1] == (80, 80) and all(t == 80 for _, t in seen) and len(seen) > 2
@@ -273,22 +244,22 @@ def test_progress_and_manifest(tiny_model, tmp_path):
 
 
 def test_input_column_clash_and_missing_column_are_clear_errors(tiny_model, tmp_path):
-    write(tmp_path / "in.parquet", {"label": [1, 0], "text": ["good", "bad"]})
+    write_parquet(tmp_path / "in.parquet", {"label": [1, 0], "text": ["good", "bad"]})
     with pytest.raises(InputError, match="'label' clashes with an output column.*output_prefix"):
-        run(cfg(tmp_path / "in.parquet"), tiny_model, tmp_path / "out")
-    run(cfg(tmp_path / "in.parquet", output_prefix="pred_"), tiny_model, tmp_path / "out2")
+        run(score_cfg(tmp_path / "in.parquet"), tiny_model, tmp_path / "out")
+    run(score_cfg(tmp_path / "in.parquet", output_prefix="pred_"), tiny_model, tmp_path / "out2")
     assert pq.read_schema(tmp_path / "out2" / "in.parquet").names[:3] == ["label", "pred_label", "pred_score"]
     with pytest.raises(InputError, match="no column 'body'"):
-        run(cfg(tmp_path / "in.parquet", text_column="body"), tiny_model, tmp_path / "out3")
+        run(score_cfg(tmp_path / "in.parquet", text_column="body"), tiny_model, tmp_path / "out3")
     with pytest.raises(InputError, match="unknown column 'nope'"):
-        run(cfg(tmp_path / "in.parquet", filter="nope = 1", output_prefix="pred_"), tiny_model, tmp_path / "out4")
+        run(score_cfg(tmp_path / "in.parquet", filter="nope = 1", output_prefix="pred_"), tiny_model, tmp_path / "out4")
 
 
 def test_filejob_round_trips_through_pickle(tiny_model, tmp_path):
     import pickle
 
     make_lake(tmp_path / "lake", files=1, rows=3)
-    job = plan(cfg(tmp_path / "lake"), tmp_path / "out")[0]
+    job = plan(score_cfg(tmp_path / "lake"), tmp_path / "out")[0]
     assert isinstance(job, FileJob) and pickle.loads(pickle.dumps(job)) == job
     assert job.rows == 3 and not job.committed and job.reason == "new"
 
@@ -310,9 +281,9 @@ def test_a_file_scorer_decides_only_where_files_are_scored(tiny_model, tmp_path)
                 yield pool.submit(work, job).result()
 
     seen = []
-    custom = run(cfg(lake), tiny_model, tmp_path / "custom", score_files=last_first_in_a_thread,
+    custom = run(score_cfg(lake), tiny_model, tmp_path / "custom", score_files=last_first_in_a_thread,
                  on_progress=lambda done, total: seen.append((done, total)))
-    default = run(cfg(lake), tiny_model, tmp_path / "default")
+    default = run(score_cfg(lake), tiny_model, tmp_path / "default")
     assert ran == ["part-bad.parquet", "part-002.parquet", "part-001.parquet", "part-000.parquet"]
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (30, 30)
 
@@ -322,11 +293,11 @@ def test_a_file_scorer_decides_only_where_files_are_scored(tiny_model, tmp_path)
     assert [same(f) for f in custom.files] == [same(f) for f in default.files]  # plan order, same fields and counts
     assert [f.status for f in custom.files] == ["scored"] * 3 + ["failed"] and "part-bad" in custom.failed[0].reason
     assert custom.metrics.keys() == default.metrics.keys() and custom.metrics["files_failed"] == 1
-    assert read_out(tmp_path / "custom").sort_by("id").equals(read_out(tmp_path / "default").sort_by("id"))
+    assert read_scored(tmp_path / "custom").sort_by("id").equals(read_scored(tmp_path / "default").sort_by("id"))
     assert all(pickle.loads(pickle.dumps(f)) == f for f in custom.files)  # Prefect and Ray ship them
     assert custom.files[0].tokens > 0 and custom.files[-1].reason and not custom.files[0].reason
     with pytest.raises(RuntimeError, match="returned no result for .*part-000.parquet"):
-        run(cfg(lake), tiny_model, tmp_path / "lost", score_files=lambda jobs, work, on_rows: [])
+        run(score_cfg(lake), tiny_model, tmp_path / "lost", score_files=lambda jobs, work, on_rows: [])
 
 
 CHILD = textwrap.dedent("""
@@ -358,12 +329,12 @@ def test_kill_during_run_then_rerun_is_exactly_once(tiny_model, tmp_path):
     committed = [p for p in out.glob("*.parquet") if not p.name.startswith(".")]
     assert 1 <= len(committed) < 12  # killed mid-run: some files done, others not
     (out / ".part-011.parquet.tmp-0123456789ab").write_bytes(b"half a file")  # a stale temp, as a crash leaves
-    again = run(cfg(lake, sort_window=2), tiny_model, out)
+    again = run(score_cfg(lake, sort_window=2), tiny_model, out)
     assert again.metrics["files_skipped"] == len(committed) and again.metrics["files_scored"] == 12 - len(committed)
     assert ".part-011.parquet.tmp-0123456789ab" in again.details["stale_temps_removed"]
     assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]
-    run(cfg(lake, sort_window=2), tiny_model, ref)  # an uninterrupted run
-    got, want = read_out(out).sort_by("id"), read_out(ref).sort_by("id")
+    run(score_cfg(lake, sort_window=2), tiny_model, ref)  # an uninterrupted run
+    got, want = read_scored(out).sort_by("id"), read_scored(ref).sort_by("id")
     ids = got["id"].to_pylist()
     assert ids == list(range(12 * 24)) and len(set(ids)) == len(ids)  # no duplicate, no missing key
     assert got["label"].to_pylist() == want["label"].to_pylist()

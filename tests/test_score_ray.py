@@ -14,8 +14,7 @@ from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.score.results import FileResult
 from bertflow.bert_core.stageio import read_manifest
 from bertflow.tasks import tracking
-from tests.test_score import cfg as score_cfg
-from tests.test_score import make_lake
+from tests.helpers import make_lake, score_cfg
 
 FIELDS = {f.name for f in dataclasses.fields(FileResult)}
 

@@ -29,7 +29,7 @@ import torch
 from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.safeload import hf_model_kwargs
-from tests.conftest import REPO
+from tests.helpers import REPO, free_port, running
 
 SOURCE_DIRS = ("bert_core", "tasks", "flows", "deployments")
 VOCAB, HIDDEN = 300, 32
@@ -537,8 +537,6 @@ http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Ok).serve_forever()
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux /proc")
 def test_rule6_the_test_server_helper_fails_a_server_listening_beyond_loopback():
-    from tests.servers import free_port, running
-
     port = free_port()
     with running([sys.executable, "-c", _LISTENER, "127.0.0.1", str(port)], f"http://127.0.0.1:{port}/health",
                  timeout=20):

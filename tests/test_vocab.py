@@ -15,11 +15,8 @@ from bertflow.bert_core.stageio import file_digest, read_manifest
 from bertflow.bert_core.vocab.config import VocabConfig
 from bertflow.bert_core.vocab.stage import run, tokenizer_fingerprint
 from bertflow.bert_core.vocab.tokenizer import SPECIAL_TOKENS, from_vocab_file
-from tests.conftest import corpus_column
+from tests.helpers import BOOKS, SHARED_DATA, corpus_column
 
-REPO = Path(__file__).resolve().parents[1]
-BOOKS = REPO / "data" / "books"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL = dict(vocab_size=2000, min_frequency=2, limit_alphabet=200)
 
 
@@ -128,12 +125,12 @@ def test_ids_equal_python_bert_tokenizer_on_minilm_uncased_vocab(minilm_dir):
 
 
 @pytest.mark.shared_data
-@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
 def test_ids_equal_python_bert_tokenizer_on_shared_real_text(minilm_dir):
     vocab = minilm_dir / "vocab.txt"
     lines: list[str] = []
     for name in ("wikipedia-en/enwiki-2015-AA.jsonl.gz", "bbc-news/bbc-2004-2005.jsonl.gz", "reuters21578/reuters21578-train-notused.jsonl.gz"):
-        path = SHARED / name
+        path = SHARED_DATA / name
         if not path.is_file():
             continue
         with gzip.open(path, "rt", encoding="utf-8") as fh:
@@ -141,7 +138,7 @@ def test_ids_equal_python_bert_tokenizer_on_shared_real_text(minilm_dir):
                 if i >= 60:
                     break
                 lines += [line for line in json.loads(record)["text"].splitlines() if line.strip()][:25]
-    beowulf = SHARED / "gutenberg" / "16328.txt.gz"  # Latin-1, Old English names: accents to strip
+    beowulf = SHARED_DATA / "gutenberg" / "16328.txt.gz"  # Latin-1, Old English names: accents to strip
     if beowulf.is_file():
         text = gzip.decompress(beowulf.read_bytes()).decode("latin-1")
         lines += [line for line in text.splitlines() if line.strip()][:1500]

@@ -1,5 +1,7 @@
 """Reading a corpus directory, the ingest stage's output (writer: ``shards.py``; format: ``schema.py``).
 
+Corpora of ready text that skip the stage's cleaning are written by ``documents.py``, through the same writer.
+
 Vocabulary training and masked-data generation both read corpora through this module.
 :func:`open_corpus` checks the whole directory up front (manifest, then every listed
 shard's footer and schema), so a bad corpus fails before any work, with an

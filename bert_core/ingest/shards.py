@@ -20,8 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
+from bertflow.bert_core.ingest.sentences import SPLITTER_VERSION
 
 ROW_GROUP_BYTES = 8 << 20
+FINGERPRINT_SALT = f"{CORPUS_SCHEMA}\n{SPLITTER_VERSION}"
+"""Hashed into the corpus fingerprint after the doc ids: a new format or sentence rules make a new corpus."""
 _COLUMNS = CORPUS_SCHEMA.names
 
 
@@ -86,11 +89,12 @@ class ShardInfo:
 class ShardWriter:
     """Appends rows to ``shard-00000.parquet``, ``shard-00001.parquet`` ... in ``out_dir``."""
 
-    def __init__(self, out_dir: str | Path, max_bytes: int, compression: str = "zstd") -> None:
+    def __init__(self, out_dir: str | Path, max_bytes: int, compression: str = "zstd",
+                 row_group_bytes: int = ROW_GROUP_BYTES) -> None:
         self.out_dir = Path(out_dir)
         self.max_bytes = max(1, int(max_bytes))
         self.compression = None if compression == "none" else compression
-        self.row_group_bytes = min(ROW_GROUP_BYTES, self.max_bytes)
+        self.row_group_bytes = max(1, min(int(row_group_bytes), self.max_bytes))
         self.shards: list[ShardInfo] = []
         self._writer: pq.ParquetWriter | None = None
         self._shard_rows = 0

@@ -31,7 +31,7 @@ from bertflow.bert_core.ingest.prepare import PreparedBatch, Preparer, init_work
 from bertflow.bert_core.ingest.readers import FileRejected, ReadStats, iter_raw_documents
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
 from bertflow.bert_core.ingest.sentences import SPLITTER_VERSION
-from bertflow.bert_core.ingest.shards import FileStaging, ShardWriter
+from bertflow.bert_core.ingest.shards import FINGERPRINT_SALT, FileStaging, ShardWriter
 from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, write_manifest
 
 MiB = 1 << 20
@@ -61,7 +61,7 @@ def run(cfg: IngestConfig, out_dir: str | Path, on_progress: ProgressFn | None =
         shards = writer.close()
         if writer.rows == 0:
             raise InputError(ingestion.no_documents_message(files, skipped))
-        fingerprint = writer.fingerprint(f"{CORPUS_SCHEMA}\n{SPLITTER_VERSION}")
+        fingerprint = writer.fingerprint(FINGERPRINT_SALT)
         manifest = ingestion.manifest(files, skipped, shards, fingerprint, workers, time.perf_counter() - started)
         manifest_path = write_manifest(tmp, manifest)
     final = Path(out_dir)
