@@ -54,7 +54,9 @@ def wheel_venv(tmp_path_factory) -> Path:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python*/site-packages"))
-    (site / "_test_env_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # every site-packages folder of the test environment (a venv layered on another has two), none of its .pth run
+    sites = dict.fromkeys([sysconfig.get_paths()["purelib"], *(p for p in sys.path if p.endswith("site-packages"))])
+    (site / "_test_env_dependencies.pth").write_text("".join(f"{p}\n" for p in sites))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
                     "--no-deps", "--no-index", str(wheels[0])], check=True, capture_output=True, text=True, cwd=root)
     return venv
