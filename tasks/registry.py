@@ -1,13 +1,15 @@
 """MLflow Model Registry helpers for fine-tuned classifiers: log, register, promote, resolve.
 
 * :func:`log_model` logs a fine-tuned Hugging Face directory as an MLflow 3 ``LoggedModel``
-  (a pyfunc: DataFrame with ``text`` -> ``label``, ``score``) linked to a run, with a signature.
+  linked to a run: a self-contained pyfunc logged from code (``hf_pyfunc.py``), with a
+  signature, an input example and pinned requirements.
 * :func:`register` makes it a registry version and points alias ``candidate`` at it.
 * :func:`promote` moves alias ``champion`` to a version only if it beats the current
   champion's score *on the same evaluation set* (same content digest); both scores and
   the decision are recorded as model-version tags.
-* :func:`resolve_model_dir` turns a local dir or a ``models:/``/``runs:/`` URI into the local
-  HF directory that bulk scoring loads.
+* :func:`pin` turns ``models:/name@alias`` into the version it points at now (once per run:
+  aliases move); :func:`resolve_model_dir` turns a local dir or a ``models:/``/``runs:/`` URI
+  into the local HF directory that bulk scoring loads.
 
 Everything goes through an explicit tracking URI or a client from ``tracking.client``: MLflow's active run
 is thread-local and Prefect runs tasks in worker threads.
@@ -21,7 +23,6 @@ import re
 import shutil
 import tempfile
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,35 +41,27 @@ DIGEST_TAG = "eval_digest"  # model-version tag: content digest of the set the s
 PROMOTION_PREFIX = "promotion."  # model-version tags recording a promotion decision
 
 
-class HFClassifierModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of a fine-tuned HF directory: ``text`` (and ``text_pair``) in, ``label``/``score`` out.
-
-    Token-classification models return the word tags joined by spaces as ``label`` and
-    the mean word probability as ``score``.
-    """
-
-    def load_context(self, context) -> None:
-        from bertflow.bert_core.finetune.predict import Predictor
-
-        self._predictor = Predictor(context.artifacts[HF_ARTIFACT], device="auto")
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        if isinstance(model_input, pd.DataFrame):
-            texts = model_input["text"].tolist()
-            pairs = model_input["text_pair"].tolist() if "text_pair" in model_input.columns else None
-        else:  # a list of strings
-            texts, pairs = list(model_input), None
-        preds = self._predictor.predict(texts, pairs)
-        return pd.DataFrame({"label": [p.label for p in preds], "score": [float(p.score) for p in preds]})
+MODEL_CODE = Path(__file__).with_name("hf_pyfunc.py")  # the pyfunc MLflow logs as code inside every model
+_EXAMPLE = "an example sentence to classify"
 
 
-def model_signature(text_pair: bool = False):
+def model_signature(task: str = "sequence", text_pair: bool = False):
+    """Inputs ``text`` (and ``text_pair``); outputs ``label``/``score``/``probabilities``, or ``entities`` spans."""
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
     inputs = [ColSpec("string", "text")] + ([ColSpec("string", "text_pair")] if text_pair else [])
-    outputs = [ColSpec("string", "label"), ColSpec("double", "score")]
+    if task == "token":
+        span = Object([Property("label", "string"), Property("start", "long"), Property("end", "long"),
+                       Property("text", "string"), Property("score", "double")])
+        outputs = [ColSpec(Array(span), "entities")]
+    else:
+        outputs = [ColSpec("string", "label"), ColSpec("double", "score"), ColSpec(Array("double"), "probabilities")]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def input_example(text_pair: bool = False) -> pd.DataFrame:
+    return pd.DataFrame({"text": [_EXAMPLE], **({"text_pair": [_EXAMPLE]} if text_pair else {})})
 
 
 def log_model(
@@ -81,13 +74,17 @@ def log_model(
     tags: dict[str, str] | None = None,
     pip_requirements: list[str] | None = None,
 ) -> str:
-    """Log ``hf_dir`` as a pyfunc LoggedModel linked to ``run_id``; returns its ``models:/<model_id>`` URI.
+    """Log ``hf_dir`` as a self-contained pyfunc LoggedModel linked to ``run_id``; returns its ``models:/<model_id>``.
 
+    The model is logged *from code* (``hf_pyfunc.py``, which imports no bertflow) with the HF
+    directory as its artifact ``hf_model``, a signature, an input example (MLflow checks at
+    logging that it loads and predicts) and pinned requirements: it loads and serves wherever
+    MLflow, torch and transformers run, and nothing in it is a pickle.
     The run need not be active (nor still running): the link is made by id, which is safe
     from any thread. The LoggedModel is created in the run's experiment (``experiment_id``
     when there is no run), so its artifacts land beside the run's. ``tracking_uri``
     (absolute) becomes the process's tracking and registry URI, because MLflow's model
-    logging reads the global one. Inside the model the HF directory is ``artifacts/hf_model``.
+    logging reads the global one.
     """
     from mlflow.models import Model
 
@@ -104,25 +101,25 @@ def log_model(
     if experiment_id is None:
         raise InputError("log_model needs a run_id or an experiment_id to log the model into")
     meta = read_meta(hf_dir)
-    all_tags = {"bertflow.task": str(meta.get("task", "sequence")), **(tags or {})}
+    task, pair = str(meta.get("task", "sequence")), bool(meta.get("text_pair"))
+    all_tags = {"bertflow.task": task, **(tags or {})}
     # Create the LoggedModel ourselves: left to itself MLflow puts it in the *default*
     # experiment (artifacts under ./mlruns of the current directory) when no run is active.
     logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=all_tags)
     with tempfile.TemporaryDirectory(prefix="bertflow-log-") as staging:
         staged = _stage_as(hf_dir, Path(staging) / HF_ARTIFACT)  # the artifact keeps this name inside the model
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*input_example.*")
-            info = Model.log(
-                artifact_path=None,
-                name=name,
-                flavor=mlflow.pyfunc,
-                run_id=run_id,
-                model_id=logged.model_id,
-                python_model=HFClassifierModel(),
-                artifacts={HF_ARTIFACT: str(staged)},
-                signature=model_signature(bool(meta.get("text_pair"))),
-                pip_requirements=pip_requirements or _requirements(),  # explicit: skips MLflow's slow inference
-            )
+        info = Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=str(MODEL_CODE),  # a file path: models from code, never a CloudPickle
+            artifacts={HF_ARTIFACT: str(staged)},
+            signature=model_signature(task, pair),
+            input_example=input_example(pair),
+            pip_requirements=pip_requirements or requirements(),  # explicit: skips MLflow's slow inference
+        )
     return f"models:/{info.model_id}"
 
 
@@ -257,7 +254,7 @@ def resolve_model_dir(uri_or_path: str | Path, dst_dir: str | Path, *, tracking_
             return _hf_dir_in(local)
         raise InputError(f"model {text}: not a Hugging Face model directory (no config.json) nor an MLflow model")
     client = tracking.client(tracking_uri)
-    uri = _pin_alias(client, text)
+    uri = pin(client, text)[0]
     cache = Path(dst_dir) / _cache_name(uri)
     if (cache / "MLmodel").is_file():
         return _hf_dir_in(cache)
@@ -282,22 +279,18 @@ def resolve_model_dir(uri_or_path: str | Path, dst_dir: str | Path, *, tracking_
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def _requirements() -> list[str]:
-    import numpy
-    import pyarrow
-    import tokenizers
-    import torch
-    import transformers
+LOAD_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy")
 
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"transformers=={transformers.__version__}",
-        f"tokenizers=={tokenizers.__version__}",
-        f"numpy=={numpy.__version__}",
-        f"pyarrow=={pyarrow.__version__}",
-        "pandas",
-    ]
+
+def requirements() -> list[str]:
+    """What loading a logged model needs (``hf_pyfunc.py``'s imports and the weights' format), pinned as logged.
+
+    Not bertflow: the model does not import it. torch is pinned without its local build tag
+    (``+cpu``, ``+cu124``), so a GPU machine installs its own build of the same version.
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in LOAD_REQUIREMENTS]
 
 
 def _stage_as(src: Path, dst: Path) -> Path:
@@ -331,6 +324,24 @@ def version_by_alias(client: MlflowClient, name: str, alias: str):
         raise
 
 
+def pin(client: MlflowClient, uri: str) -> tuple[str, str | None]:
+    """``(uri pinned to a version, "name/version")`` for a registry URI; ``(uri, None)`` for anything else.
+
+    ``models:/name@alias`` becomes ``models:/name/<the version it points at now>``: resolve an
+    alias once per run and use the pinned URI from then on, so one run scores one version.
+    """
+    m = re.match(r"^models:/([^/@]+)(?:@([^/]+)|/(\d+))/?$", uri)
+    if not m:
+        return uri, None
+    name, alias, number = m.groups()
+    if alias is not None:
+        mv = version_by_alias(client, name, alias)
+        if mv is None:
+            raise InputError(f"model {uri}: registered model {name!r} has no alias {alias!r}")
+        number = str(int(mv.version))
+    return f"models:/{name}/{int(number)}", f"{name}/{int(number)}"
+
+
 def _score(client: MlflowClient, mv, metric_name: str) -> float | None:
     """A version's score: its tag, else its source run's metric, else its LoggedModel's metric."""
     tag = (mv.tags or {}).get(metric_name)
@@ -349,17 +360,6 @@ def _score(client: MlflowClient, mv, metric_name: str) -> float | None:
             if m.key == metric_name:
                 return float(m.value)
     return None
-
-
-def _pin_alias(client: MlflowClient, uri: str) -> str:
-    """``models:/name@alias`` -> ``models:/name/<version it points to now>`` (aliases move; versions do not)."""
-    m = re.match(r"^models:/([^/@]+)@([^/]+)$", uri)
-    if not m:
-        return uri
-    mv = version_by_alias(client, m.group(1), m.group(2))
-    if mv is None:
-        raise InputError(f"model {uri}: registered model {m.group(1)!r} has no alias {m.group(2)!r}")
-    return f"models:/{m.group(1)}/{int(mv.version)}"
 
 
 def _cache_name(uri: str) -> str:

@@ -165,13 +165,20 @@ def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out
 
 @task(name="score", **IO_OPTIONS)
 def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> StageRun:
-    """Parquet lake + model (MLflow URI or local HF dir) -> scored Parquet lake, on the runner ``cfg.runner`` names."""
+    """Parquet lake + model (MLflow URI or local HF dir) -> scored Parquet lake, on the runner ``cfg.runner`` names.
+
+    A registry alias (``models:/name@champion``) is pinned to its version once, here: the
+    reuse key, the download and the ``model_version`` column (``name/N``) all see that version.
+    """
     from bertflow.bert_core.score.stage import run
-    from bertflow.tasks.models import resolve_model
+    from bertflow.tasks.models import pin_model, resolve_model
     from bertflow.tasks.score_files import file_scorer
 
-    def body(m, p):
-        model_dir = resolve_model(model, ctx.workspace)
-        return run(cfg, model_dir, out_dir, model_uri=model, on_progress=p, score_files=file_scorer(cfg))
+    ref = pin_model(model, ctx.tracking_uri)
 
-    return run_stage("score", ctx, cfg, body, out_dir, inputs={"model": model, "lake": cfg.input})
+    def body(m, p):
+        model_dir = resolve_model(ref.pinned, ctx.workspace, ctx.tracking_uri)
+        return run(cfg, model_dir, out_dir, model_uri=ref.uri, model_version=ref.version, on_progress=p,
+                   score_files=file_scorer(cfg))
+
+    return run_stage("score", ctx, cfg, body, out_dir, inputs={"model": ref.pinned, "lake": cfg.input})

@@ -1,7 +1,7 @@
 """Every helper and constant the tests share (fixtures live in ``conftest.py``; tests import these by name).
 
 Sections: paths and markers; data builders; tiny models and tokenizers; corpus and lake
-writers and readers; fault injection; servers. Heavy libraries (torch, transformers,
+writers and readers; fault injection; servers; environments without bertflow. Heavy libraries (torch, transformers,
 tokenizers, httpx) are imported inside the functions that need them, so importing this
 module costs nothing a test does not use.
 """
@@ -631,3 +631,36 @@ def assert_loopback_only(pgid: int, expect_port: int | None = None) -> list[tupl
             wide.append(f"{address}:{port}")
     assert not wide, f"server (process group {pgid}) listens on {', '.join(wide)}: bind it to 127.0.0.1"
     return found
+
+
+# ================================================================================ environments without bertflow
+# A registered model must load where bertflow is not installed. ``python -I -S`` with only the test
+# environment's site-packages folders on ``sys.path``: no checkout (``-I`` drops the current folder and
+# PYTHON* variables) and no ``.pth`` hooks (``-S``), so the editable install of bertflow is not importable.
+
+
+def site_packages() -> list[str]:
+    """Every site-packages folder of this interpreter (a venv layered on another has two), in path order."""
+    import sysconfig
+
+    return list(dict.fromkeys([*(p for p in sys.path if p.endswith("site-packages")), sysconfig.get_paths()["purelib"]]))
+
+
+def venv_bin_dirs() -> list[str]:
+    """The ``bin`` folders of the venvs whose site-packages this interpreter uses (console scripts: uvicorn, ...)."""
+    dirs = [str(Path(sys.executable).parent)]
+    for site in site_packages():
+        bin_dir = Path(site).parents[2] / "bin"  # <venv>/lib/pythonX.Y/site-packages
+        if bin_dir.is_dir():
+            dirs.append(str(bin_dir))
+    return list(dict.fromkeys(dirs))
+
+
+def run_without_bertflow(code: str, args: Sequence[str], cwd: Path, env: dict[str, str] | None = None,
+                         timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` (``args`` in ``sys.argv[1:]``) in ``python -I -S``: stdlib plus :func:`site_packages` only."""
+    prelude = f"import sys\nsys.path.extend({site_packages()!r})\n"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-I", "-S", "-c", prelude + code, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

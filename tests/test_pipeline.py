@@ -68,6 +68,22 @@ def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     assert sum(e is not None for e in errors) >= 2  # the null and the empty text are flagged, not dropped
 
 
+def test_the_registered_model_is_logged_from_code_not_pickled(tiny_run):
+    """What `make demo` registers loads without bertflow (and logging it printed no CloudPickle warning)."""
+    from urllib.parse import urlparse
+
+    import yaml
+
+    ws, summary = tiny_run
+    reg = summary.stages["finetune"].registry
+    logged = tracking.client(summary.tracking_uri).get_logged_model(reg.model_uri.removeprefix("models:/"))
+    root = Path(urlparse(logged.artifact_location).path)
+    spec = yaml.safe_load((root / "MLmodel").read_text(encoding="utf-8"))
+    assert spec["flavors"]["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert (root / "hf_pyfunc.py").is_file() and (root / "artifacts" / "hf_model" / "model.safetensors").is_file()
+    assert not [p for p in root.rglob("*") if p.suffix in (".pkl", ".bin", ".pt")]
+
+
 def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, tmp_path):
     from bertflow.api import run_pipeline
 

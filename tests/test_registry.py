@@ -1,6 +1,6 @@
 """MLflow registry helpers against a real MLflow SQLite store in a temp dir.
 
-Log fine-tuned HF directories as pyfunc models linked to (finished) runs, register them
+Log fine-tuned HF directories as pyfunc models (from code) linked to (finished) runs, register them
 with alias ``candidate``, promote only on a better score measured on the same evaluation
 set, load them back through pyfunc, and resolve URIs to local HF directories.
 """
@@ -21,7 +21,7 @@ NAME = "test-clf"
 TEXTS = ["the cat sat great", "awful river", "okay window", "zanderbrook walked"]
 
 
-def _hf_classifier(base: Path, dst: Path, seed: int) -> Path:
+def _hf_classifier(base: Path, dst: Path, seed: int, text_pair: bool = False) -> Path:
     """A (randomly headed) sequence classifier exported exactly as the finetune stage exports it."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -32,7 +32,7 @@ def _hf_classifier(base: Path, dst: Path, seed: int) -> Path:
     names = ["neg", "neu", "pos"]
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base), num_labels=3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    meta = {"task": "sequence", "max_length": 64, "label_names": names, "text_pair": False}
+    meta = {"task": "sequence", "max_length": 64, "label_names": names, "text_pair": text_pair}
     return export_model(model, AutoTokenizer.from_pretrained(str(base)), dst, meta, base_dir=base)
 
 
@@ -94,7 +94,7 @@ def test_logged_model_is_linked_to_its_run_with_a_signature(store, registered):
     assert logged.artifact_location.startswith((store["root"] / "artifacts").as_uri())
     info = mlflow.models.get_model_info(uri)
     assert info.signature.inputs.input_names() == ["text"]
-    assert info.signature.outputs.input_names() == ["label", "score"]
+    assert info.signature.outputs.input_names() == ["label", "score", "probabilities"]
     mv = c.get_model_version(NAME, "1")
     assert mv.run_id == registered["runs"][1]
 
@@ -128,10 +128,25 @@ def test_pyfunc_loads_back_and_predicts_like_the_hf_directory(store, registered)
 
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     out = model.predict(pd.DataFrame({"text": TEXTS}))
-    assert list(out.columns) == ["label", "score"] and len(out) == len(TEXTS)
+    assert list(out.columns) == ["label", "score", "probabilities"] and len(out) == len(TEXTS)
     expected = Predictor(store["root"] / "hf5", device="cpu").predict(TEXTS)
     assert out["label"].tolist() == [p.label for p in expected]
     assert out["score"].tolist() == pytest.approx([p.score for p in expected], abs=1e-6)
+
+
+def test_a_pair_model_takes_a_text_pair_column(store):
+    import pandas as pd
+
+    hf = _hf_classifier(store["base"], store["root"] / "pair", seed=9, text_pair=True)
+    uri = registry.log_model(hf, _finished_run(store), tracking_uri=store["uri"])
+    assert mlflow.models.get_model_info(uri).signature.inputs.input_names() == ["text", "text_pair"]
+    pairs = list(reversed(TEXTS))
+    out = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": TEXTS, "text_pair": pairs}))
+    expected = Predictor(hf, device="cpu").predict(TEXTS, pairs)
+    assert out["label"].tolist() == [p.label for p in expected]
+    assert out["score"].tolist() == pytest.approx([p.score for p in expected], abs=1e-6)
+    alone = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": TEXTS, "text_pair": TEXTS}))
+    assert alone["score"].tolist() != out["score"].tolist()  # the second segment is read
 
 
 def test_resolve_model_dir_for_paths_and_uris(store, registered, tmp_path):
@@ -153,5 +168,10 @@ def test_resolve_model_dir_for_paths_and_uris(store, registered, tmp_path):
     assert registry.resolve_model_dir(again.parent.parent, tmp_path) == again  # a downloaded MLflow model dir
     with pytest.raises(InputError, match="no alias 'nope'"):
         registry.resolve_model_dir(f"models:/{NAME}@nope", tmp_path / "cache")
+    c = store["client"]
+    assert registry.pin(c, f"models:/{NAME}@champion") == (f"models:/{NAME}/5", f"{NAME}/5")
+    assert registry.pin(c, f"models:/{NAME}/1") == (f"models:/{NAME}/1", f"{NAME}/1")
+    for other in (registered["uris"][5], f"runs:/{registered['runs'][1]}/model", str(hf1)):
+        assert registry.pin(c, other) == (other, None)
     with pytest.raises(InputError, match="not a Hugging Face model directory"):
         registry.resolve_model_dir(tmp_path, tmp_path / "cache")
