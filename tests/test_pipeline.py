@@ -57,7 +57,9 @@ def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     client = tracking.client(summary.tracking_uri)
     mv = client.get_model_version_by_alias(reg.name, "candidate")
     assert str(mv.version) == reg.version
-    table = ds.dataset(ws / "score", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
+    scored = Path(summary.stages["score"].path)
+    assert scored.parent == ws / "score" and scored.name.startswith("lake-")  # <workspace>/score/<job>
+    table = ds.dataset(scored, format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
     lake = ds.dataset("data/lake" if Path("data/lake").exists() else Path(__file__).parents[1] / "data/lake",
                       format="parquet", partitioning="hive").to_table()
     assert table.num_rows == lake.num_rows
