@@ -161,7 +161,8 @@ def _s3_settings() -> tuple[str | None, str | None, str | None]:
 @functools.lru_cache(maxsize=8)
 def s3_filesystem(endpoint: str | None, scheme: str | None, region: str | None) -> pafs.S3FileSystem:
     """An S3 filesystem on the default credential chain (cached: building one probes the environment)."""
-    kwargs: dict = {"allow_bucket_creation": False, "allow_bucket_deletion": False}
+    kwargs: dict = {"allow_bucket_creation": False, "allow_bucket_deletion": False,
+                    "allow_delayed_open": True}  # a small object: one PutObject at close, not a multipart upload
     if endpoint is not None:
         kwargs.update(endpoint_override=endpoint, scheme=scheme)
     if region is not None:
@@ -242,14 +243,15 @@ def glob_regex(pattern: str) -> re.Pattern:
 
 
 def listing_digest(loc: Location) -> str:
-    """A digest of a remote folder's listing (key, size, modification time): cheap, changes with any object."""
+    """A digest of what a remote path lists (key, size, modification time of each object; a glob's matches):
+    one LIST instead of a download, and it changes with any rewrite."""
     import hashlib
 
+    root, infos, _ = expand(loc)
     h = hashlib.sha256()
-    infos = loc.files() if loc.is_dir() else [loc.info()]
     for info in infos:
         mtime = info.mtime.isoformat() if info.mtime is not None else ""
-        h.update(f"{loc.rel_of(info.path) if info.path != loc.path else ''}\0{info.size}\0{mtime}\n".encode())
+        h.update(f"{root.rel_of(info.path)}\0{info.size}\0{mtime}\n".encode())
     return h.hexdigest()
 
 

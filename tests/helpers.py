@@ -667,7 +667,8 @@ class Bucket:
     def upload(self, local: Path, prefix: str) -> str:
         """Copy every file under ``local`` to ``prefix`` (keys mirror the relative paths); returns its URI."""
         for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
-            with self.fs.open_output_stream(f"{self.name}/{prefix.strip('/')}/{path.relative_to(local).as_posix()}") as out:
+            key = f"{self.name}/{prefix.strip('/')}/{path.relative_to(local).as_posix()}"
+            with self.fs.open_output_stream(key) as out:
                 out.write(path.read_bytes())
         return self.uri(prefix)
 

@@ -301,7 +301,8 @@ def conditions(draw, depth: int = 0) -> str:
         return f"{col} {draw(st.sampled_from(['LIKE', 'NOT LIKE', 'ILIKE']))} '{pattern}'"
     if form == "in":
         count = draw(st.integers(1, 3))
-        return f"{col} {draw(st.sampled_from(['IN', 'NOT IN']))} ({', '.join(_literal(col, draw) for _ in range(count))})"
+        values = ", ".join(_literal(col, draw) for _ in range(count))
+        return f"{col} {draw(st.sampled_from(['IN', 'NOT IN']))} ({values})"
     if form == "between" and col in ("n", "x", "dt"):
         return f"{col} BETWEEN {_literal(col, draw)} AND {_literal(col, draw)}"
     if col == "ok" and draw(st.booleans()):

@@ -51,7 +51,8 @@ def test_a_hive_lake_is_scored_from_one_bucket_prefix_to_another(s3, tiny_model,
     np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), atol=1e-6)
     manifest = read_run_manifest(s3.uri("scored"))
     assert manifest["input"] == s3.uri("lake") and manifest["metrics"]["bytes_read"] > 0
-    assert manifest["metrics"]["bytes_read"] == json.loads((local_run / "manifest.json").read_text())["metrics"]["bytes_read"]
+    local_manifest = json.loads((local_run / "manifest.json").read_text())
+    assert manifest["metrics"]["bytes_read"] == local_manifest["metrics"]["bytes_read"]  # the same reads, counted alike
     for key in visible(s3, "scored"):
         assert read_commit(s3.uri(key))["rows_out"] == 30
     assert not [k for k in s3.keys() if ".tmp-" in k or "/.score.lock/" in k]  # no temp object, lock released
@@ -196,3 +197,19 @@ def test_credentials_stay_out_of_configs_mlflow_prefect_and_manifests(s3, prefec
     leaked = [str(p) for p in stores if any(s in p.read_bytes() for s in secrets)]
     leaked += [k for k in s3.keys("scored") if any(s in locate(s3.uri(k)).read_bytes() for s in secrets)]
     assert not leaked, f"credentials found in {leaked}"
+
+
+def test_stage_reuse_fingerprints_a_bucket_prefix_by_its_listing(s3, tmp_path):
+    from bertflow.tasks import reuse
+
+    make_lake(tmp_path / "lake", files=2, rows=4)
+    lake = s3.upload(tmp_path / "lake", "lake")
+    first = reuse.fingerprint(lake)
+    assert first.startswith("listing:") and reuse.fingerprint(lake) == first
+    one = reuse.fingerprint(s3.uri("lake/part-000*"))  # a glob: the objects it matches
+    assert one.startswith("listing:") and one != first
+    make_lake(tmp_path / "lake", files=2, rows=5)  # the same keys, rewritten
+    s3.upload(tmp_path / "lake", "lake")
+    assert reuse.fingerprint(lake) != first
+    reuse.save(s3.uri("out"), "k1", {"stage": "score"})
+    assert reuse.fingerprint(s3.uri("out")) == "stage:k1"  # a stage output is known by its reuse key

@@ -108,7 +108,8 @@ def _add_remote(spec: str, files: list[InputFile], skipped: list[str], seen: set
     root, infos, folder = expand(locate(spec))
     globbed = any(ch in "*?[" for ch in spec)
     if not infos:
-        raise InputError(f"ingest input {spec!r}: " + ("the glob matches no objects" if globbed else "no objects there"))
+        raise InputError(f"ingest input {spec!r}: "
+                         + ("the glob matches no objects" if globbed else "no objects there"))
     for info in infos:
         rel = root.rel_of(info.path)
         if folder and not globbed and any(part.startswith((".", "_")) for part in rel.split("/")):

@@ -5,11 +5,13 @@ One protocol, two storage backends (the local disk and an object store):
 1. The run takes the output lock (local: ``flock`` on ``.score.lock``; object store: a
    lease, :mod:`bert_core.score.lease`), so a second run refuses at once.
 2. It removes the stale temporaries a killed run left (``.part-0.parquet.tmp-<hex>``).
-3. Each output file is written under a hidden temporary name in its final folder,
-   checked (row count), then *published*: renamed over the final name (local: atomic
-   on POSIX, after an fsync, then the folder is fsynced) or copied to it server-side and
-   the temporary deleted (object store: ``CopyObject`` creates the final object whole,
-   in one request, or not at all; there is no rename).
+3. Each output file is written under a hidden temporary name, checked (row count), then
+   *published*. Local: the temporary sits in the final folder and is renamed over the
+   final name (atomic on POSIX, after an fsync; then the folder is fsynced). Object
+   store, where there is no rename: the temporary sits under the output's hidden
+   ``.score-tmp/`` prefix and is copied server-side to the final key (``CopyObject``
+   creates the final object whole, in one request, or not at all); the run deletes the
+   whole prefix in one batch at its end (the next run does, after a crash).
 4. The output's Parquet footer carries the commit record (key ``bertflow.score``): input
    fingerprint, model fingerprint, config digest and row counts. A file is *committed*
    when the final name exists and its record matches the current input, model and
@@ -43,10 +45,16 @@ LOCK_NAME = ".score.lock"
 _TEMP = re.compile(r"^\..+\.tmp-[0-9a-f]{8,32}$")
 
 
-def temp_path(final: str) -> str:
-    """A fresh hidden sibling of ``final`` (a filesystem path) to write into."""
+TEMP_PREFIX = ".score-tmp"
+
+
+def temp_path(final: str, root: str | None = None) -> str:
+    """A fresh hidden name to write ``final`` (a filesystem path) into: beside it, or with ``root`` (the output's
+    path on an object store) under ``root/.score-tmp/``, mirroring the final path."""
     head, name = posixpath.split(str(final))
-    return posixpath.join(head, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    if root is not None:
+        head = posixpath.join(root, TEMP_PREFIX, posixpath.relpath(head, root))
+    return posixpath.normpath(posixpath.join(head, f".{name}.tmp-{uuid.uuid4().hex[:12]}"))
 
 
 def read_commit(path: str | Path, fs: pafs.FileSystem | None = None) -> dict[str, Any] | None:
@@ -62,11 +70,24 @@ def read_commit(path: str | Path, fs: pafs.FileSystem | None = None) -> dict[str
         return None
 
 
-def commit_status(output: Location, input_fp: str, config_digest: str, model_fp: str | None) -> tuple[bool, str]:
-    """``(committed, why)``: is ``output`` a finished output of this input, config and (if given) model?"""
-    if not output.is_file():
+def commit_status(output: Location, input_fp: str, config_digest: str, model_fp: str | None,
+                  listed: set[str] | None = None) -> tuple[bool, str]:
+    """``(committed, why)``: is ``output`` a finished output of this input, config and (if given) model?
+
+    ``listed``: the paths one listing of the output found (spares an object store a request per new file).
+    """
+    if listed is not None and output.path not in listed:
         return False, "new"
-    record = read_commit(output.path, output.fs)
+    try:
+        meta = pq.read_metadata(output.path, filesystem=output.fs).metadata or {}
+    except FileNotFoundError:
+        return False, "new"
+    except Exception:  # a truncated, foreign or corrupt file is simply not committed
+        return False, "output without a commit record"
+    try:
+        record = json.loads(meta[COMMIT_KEY]) if COMMIT_KEY in meta else None
+    except ValueError:
+        record = None
     if record is None:
         return False, "output without a commit record"
     if record.get("input_fingerprint") != input_fp:
@@ -89,8 +110,8 @@ def publish(fs: pafs.FileSystem, tmp: str, final: str) -> None:
         os.replace(tmp, final)
         _fsync_dir(Path(final).parent)
         return
-    fs.copy_file(tmp, final)  # CopyObject: the final object appears whole or not at all
-    fs.delete_file(tmp)
+    fs.copy_file(tmp, final)  # CopyObject: the final object appears whole or not at all; the temporary goes with
+    # the run's .score-tmp/ prefix, in one batch (deleting each would cost three requests per file)
 
 
 def discard(fs: pafs.FileSystem, tmp: str) -> None:
@@ -113,14 +134,27 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def clean_stale_temps(out: Location | str | Path) -> list[str]:
-    """Remove hidden ``.*.tmp-<hex>`` files a killed run left under ``out``; call it under the lock."""
+    """Remove the temporaries a killed run left under ``out`` (``.*.tmp-<hex>`` files, the ``.score-tmp/``
+    prefix); call it under the lock."""
     root = out if isinstance(out, Location) else locate(out)
     removed = []
+    batch = root.child(TEMP_PREFIX)
     for info in root.files():
-        if _TEMP.match(posixpath.basename(info.path)):
+        rel = root.rel_of(info.path)
+        if rel.startswith(TEMP_PREFIX + "/"):
+            removed.append(rel)
+        elif _TEMP.match(posixpath.basename(info.path)):
             discard(root.fs, info.path)
-            removed.append(root.rel_of(info.path))
+            removed.append(rel)
+    if any(r.startswith(TEMP_PREFIX + "/") for r in removed):
+        remove_temp_prefix(root)
     return sorted(removed)
+
+
+def remove_temp_prefix(root: Location) -> None:
+    """Delete the output's ``.score-tmp/`` prefix (an object store's temporaries) in one batch."""
+    with contextlib.suppress(FileNotFoundError, OSError):
+        root.fs.delete_dir(root.child(TEMP_PREFIX).path)
 
 
 @contextlib.contextmanager

@@ -70,7 +70,8 @@ def claim(out: Location, cfg: Any) -> dict[str, Any]:
                              f"pass --overwrite (score.overwrite=true) to replace them")
         removed = _clear(out)
     if previous != mine:
-        record = {"input": mine, "job": job_name(cfg), "claimed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {"input": mine, "job": job_name(cfg),
+                  "claimed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         out.child(CLAIM_NAME).write_bytes(json.dumps(record, indent=2).encode())
     return {"previous": previous, "removed": removed}
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,7 +23,7 @@ from bertflow.bert_core.storage import ReadCounter, locate, open_counted
 from bertflow.bert_core.score.commit import COMMIT_KEY, commit_status, discard, publish, read_commit, temp_path
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.fingerprint import config_digest, read_footer
-from bertflow.bert_core.score.lake import typed_partition
+from bertflow.bert_core.score.lake import output_relpath, typed_partition
 from bertflow.bert_core.score.output import OutputSpec, added_names
 from bertflow.bert_core.score.results import COUNTS, FileJob, FileResult
 from bertflow.bert_core.score.where import parse_where
@@ -61,7 +61,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
         )
         if not out.remote:
             Path(out.path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(out.path)
+        tmp = temp_path(out.path, _output_root(out.path, job.rel_path) if out.remote else None)
 
         def commit_record(counts) -> dict[bytes, bytes]:
             record = {
@@ -134,6 +134,11 @@ def _open(cfg: ScoreConfig, job: FileJob, counter: ReadCounter):
         source.close()
         raise
     return source, pf, rp
+
+
+def _output_root(output: str, rel: str) -> str:
+    """The output folder's path, from a job's output path and the input's relative path it mirrors."""
+    return output[: len(output) - len(output_relpath(PurePosixPath(rel)).as_posix())].rstrip("/")
 
 
 def selected_rows(cfg: ScoreConfig, job: FileJob, columns: list[str] | None = None) -> pa.Table:

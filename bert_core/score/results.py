@@ -28,7 +28,7 @@ class FileJob:
     committed: bool  # its output exists and matches input, config and (when planned with one) model
     reason: str  # why (not) committed: new, committed, input changed, config changed, model changed, ...
     problem: str | None = None  # why the file cannot be scored (unreadable, column missing); None when fine
-    partition_types: tuple[tuple[str, str], ...] = ()  # type of each partition key over the lake (int64, date32, string)
+    partition_types: tuple[tuple[str, str], ...] = ()  # each partition key's type over the lake: int64, date32, string
 
 
 @dataclass(frozen=True)

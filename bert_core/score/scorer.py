@@ -217,7 +217,8 @@ def _produce(pf: pq.ParquetFile, where: str, clf: Classifier, cfg: ScoreConfig, 
         _put(q, stop, exc)
 
 
-def read_batches(pf: pq.ParquetFile, where: str, cfg: ScoreConfig, rp: ReadPlan) -> Iterator[tuple[pa.RecordBatch, int]]:
+def read_batches(pf: pq.ParquetFile, where: str, cfg: ScoreConfig,
+                 rp: ReadPlan) -> Iterator[tuple[pa.RecordBatch, int]]:
     """Yield ``(filtered batch, rows read)``; the rows of skipped row groups count as read and filtered out."""
     groups = range(pf.metadata.num_row_groups) if rp.row_groups is None else rp.row_groups
     skipped = pf.metadata.num_rows - sum(pf.metadata.row_group(i).num_rows for i in groups)

@@ -36,7 +36,8 @@ from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.stageio import MANIFEST, ProgressFn, model_dir_digest
 from bertflow.bert_core.storage import Location, ReadCounter, locate
 
-from bertflow.bert_core.score.commit import clean_stale_temps, commit_status, output_lock, read_commit
+from bertflow.bert_core.score.commit import (clean_stale_temps, commit_status, output_lock, read_commit,
+                                            remove_temp_prefix)
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.destination import claim, input_identity
 from bertflow.bert_core.score.fingerprint import config_digest, footer_and_fingerprint
@@ -85,6 +86,7 @@ def plan_run(cfg: ScoreConfig, out_dir: str | Path | Location, model_dir: str | 
     digest = config_digest(cfg)
     model_fp = model_dir_digest(model_dir) if model_dir is not None else None
     counter = ReadCounter()
+    listed = {info.path for info in out.files()}  # one listing, not a request per output file
     jobs, seen, schema_errors, readable = [], {}, [], 0
     for f in kept:
         source = Location(f.uri, root.fs, f.path)
@@ -108,7 +110,7 @@ def plan_run(cfg: ScoreConfig, out_dir: str | Path | Location, model_dir: str | 
         if target.path in seen:
             raise InputError(f"inputs {seen[target.path]} and {f.rel} map to the same output {target.uri}; rename one")
         seen[target.path] = f.rel
-        committed, reason = commit_status(target, fp, digest, model_fp)
+        committed, reason = commit_status(target, fp, digest, model_fp, listed)
         jobs.append(FileJob(f.uri, f.rel.as_posix(), target.uri, f.partition, fp, rows,
                             committed and problem is None, reason if problem is None else "cannot score", problem,
                             partition_types=tuple((k, types[k]) for k, _ in f.partition)))
@@ -168,6 +170,8 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path | Location,
         missing = [j.input_path for j in pending if j.rel_path not in done]
         if missing:
             raise RuntimeError(f"the file scorer returned no result for {missing[0]} ({len(missing)} files)")
+        if out.remote:
+            remove_temp_prefix(out)  # this run's temporaries, all published or discarded by now
         results = [done.get(j.rel_path) or FileResult.skipped(j, read_commit(j.output_path)) for j in jobs]
         return _write_run_manifest(cfg, out, planned, results, seconds=time.perf_counter() - t0, model_dir=model_dir,
                                    model_uri=model_uri, model_version=model_version, stale_removed=stale,
@@ -261,7 +265,8 @@ def read_run_manifest(out_dir: str | Path | Location) -> dict:
     try:
         return json.loads(out.child(MANIFEST).read_bytes())
     except FileNotFoundError:
-        raise InputError(f"{out.uri} is not a score output: {MANIFEST} is missing (run the score stage first)") from None
+        raise InputError(f"{out.uri} is not a score output: {MANIFEST} is missing "
+                         f"(run the score stage first)") from None
 
 
 def output_dataset(out_dir: str | Path | Location):

@@ -296,7 +296,8 @@ class _Binder:
             if not _is_text(typ):
                 raise self.fail(f"LIKE needs a text column; {node.this.name!r} is {typ}")
             pattern = node.expression.this.replace("\\", "\\\\")  # SQL LIKE has no escape character; Arrow's is \
-            like = pc.match_like(self.operand(node.this, refs), pattern=pattern, ignore_case=isinstance(node, exp.ILike))
+            like = pc.match_like(self.operand(node.this, refs), pattern=pattern,
+                                 ignore_case=isinstance(node, exp.ILike))
             return ~like if node.args.get("negate") else like
         if isinstance(node, exp.Column):
             typ = self.type_of(node, refs)
