@@ -25,7 +25,8 @@ def test_every_stage_writes_its_directory(tiny_run):
     assert list(summary.stages) == list(STAGES)
     for stage, result in summary.stages.items():
         out = Path(result.path)
-        assert out.is_dir() and out.parent == ws, stage
+        home = ws / "score" if stage == "score" else ws  # scoring writes <workspace>/score/<job>
+        assert out.is_dir() and out.parent == home, stage
         assert (out / "manifest.json").is_file(), stage
     last = json.loads((ws / "last_run.json").read_text())  # other tests may have run the pipeline here since
     assert list(last["stages"]) == list(STAGES) or last["parent_run_id"] == summary.parent_run_id

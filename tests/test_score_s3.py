@@ -167,7 +167,6 @@ def test_ingest_reads_a_corpus_from_the_bucket(s3, tmp_path):
     assert manifest["skipped"] == [] and all(f["sha256"] for f in manifest["inputs"])
 
 
-@pytest.mark.slow
 def test_credentials_stay_out_of_configs_mlflow_prefect_and_manifests(s3, prefect_harness, tiny_model, tmp_path):
     import bertflow
     from prefect.settings import get_current_settings

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from bertflow.bert_core.configtools import evolve
-from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.safeload import hf_model_kwargs
 from tests.helpers import REPO, free_port, running
 
@@ -412,7 +412,7 @@ def test_rule4_score_filters_and_columns_with_hostile_text_stay_literal(models, 
     assert out["lang"].to_pylist()[1] == hostile_value
     for bad in (f"lang = 'en'; COPY (SELECT 1) TO '{marker}'", f"\"{key_col}\" = 'a' OR 1=1",
                 f"lang IN (SELECT 1 FROM read_text('{marker}'))", "lang = 'en' -- OR 1=1"):
-        with pytest.raises(InputError, match="score.where"):
+        with pytest.raises(ConfigError, match="score.where"):  # refused when the config is made, before any run
             run(evolve(cfg, where=bad), models["clf"][0], tmp_path / "out2")
     assert not marker.exists()
 
