@@ -61,8 +61,10 @@ def score(input: str | os.PathLike, model: str | os.PathLike, output: str | os.P
     """Score the Parquet lake ``input`` with ``model`` into ``output``, exactly once; returns the score stage's run.
 
     ``model`` is a ``models:/name@alias`` or ``runs:/`` URI, or a local Hugging Face
-    directory. ``output`` defaults to ``<workspace>/score``. ``settings`` are keys of the
-    ``score`` section (``batch_size=128``, ``runner="ray"``, ``filter="lang = 'en'"``, ...);
+    directory. ``input`` and ``output`` are local paths or object-store URIs (``s3://bucket/lake/``).
+    ``output`` defaults to ``<workspace>/score/<job>`` (``job=`` or a name derived from the
+    input). ``settings`` are keys of the ``score`` section (``batch_size=128``,
+    ``where="dt >= '2026-11-02' AND lang = 'en'"``, ``overwrite=True``, ``runner="ray"``, ...);
     ``config`` and ``overrides`` supply the rest as for :func:`run_pipeline`.
     A rerun skips the files already scored with the same input, model and settings.
     """

@@ -166,12 +166,23 @@ def score(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
           runner: Annotated[Optional[str], typer.Option(help="local (default) or ray: score files in parallel on Ray.")] = None,
           ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
           model: Annotated[Optional[str], typer.Option(help="models:/name@champion, runs:/..., or a local HF dir.")] = None,
-          input: Annotated[Optional[str], typer.Option(help="Parquet file, directory, glob or hive lake to score.")] = None,
+          input: Annotated[Optional[str], typer.Option(
+              help="Parquet file, directory, glob or hive lake to score: a local path or s3://bucket/prefix/.")] = None,
           output: Annotated[Optional[str], typer.Option(
-              help="Directory for the scored lake (default: score.output, else <workspace>/score).")] = None) -> None:
+              help="Where the scored lake goes, local or s3://... (default: score.output, else "
+                   "<workspace>/score/<job>).")] = None,
+          where: Annotated[Optional[str], typer.Option(
+              help="SQL condition on columns and partition keys, e.g. \"dt >= '2026-11-02' AND lang = 'en'\"; "
+                   "pruned partitions and row groups are never read.")] = None,
+          job: Annotated[Optional[str], typer.Option(
+              help="Job name: the default output folder <workspace>/score/<job> (default: from the input).")] = None,
+          overwrite: Annotated[bool, typer.Option(
+              "--overwrite", help="Replace an output that holds another input's results (else refused).")] = False,
+          ) -> None:
     """Score a Parquet lake (score.input) with the fine-tuned model or score.model_uri; writes Parquet, exactly once."""
     chosen = {k: v for k, v in (("runner", runner), ("ray_address", ray_address), ("model_uri", model),
-                                ("input", input), ("output", output)) if v}
+                                ("input", input), ("output", output), ("where", where), ("job", job),
+                                ("overwrite", overwrite)) if v}
     cfg = load_config(config, set_ or [])
     if chosen:
         cfg = evolve(cfg, score=evolve(cfg.score, **chosen))

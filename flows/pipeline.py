@@ -22,6 +22,7 @@ from prefect.context import get_run_context
 from bertflow.bert_core.config import STAGES, PipelineConfig
 from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.score.destination import default_output
 from bertflow.flows.workspace import Workspace, resolve
 from bertflow.tasks import champion, tracking
 from bertflow.tasks import stages as stage_tasks
@@ -138,7 +139,7 @@ def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContex
         return task(stage_tasks.finetune)(ctx, cfg.finetune, model_dir, str(ws.finetune))
     if stage == "score":
         model = cfg.score.model_uri or _need(ws.finetune / "model", "finetune")
-        out = cfg.score.output or str(ws.score)
+        out = cfg.score.output or default_output(ws.score, cfg.score)  # <workspace>/score/<job>
         return task(stage_tasks.score)(ctx, cfg.score, model, out)  # cfg.score.runner: where files run
     raise AssertionError(stage)
 

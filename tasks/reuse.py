@@ -12,7 +12,8 @@ with the same key returns that summary without recomputing.
 
 An input is fingerprinted by the key of the stage that produced it when it has one
 (so a chain of unchanged stages is checked in milliseconds), else by the sha256 of
-its files.
+its files; on an object store (``s3://...``) by its listing (key, size, modification
+time of every object), which changes with any rewrite and costs one LIST, not a download.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from bertflow.bert_core.configtools import to_dict
-from bertflow.bert_core.stageio import atomic_write_bytes, file_digest
+from bertflow.bert_core.stageio import file_digest
+from bertflow.bert_core.storage import is_remote, listing_digest, locate
 
 SIDECAR = ".bertflow-stage.json"
 # Bump a stage's number in the change that makes it write something else for the same inputs and config
 # (a bug fix in its output, a new column): the next run recomputes that stage and, through its key, the later ones.
-STAGE_VERSIONS = {"ingest": 1, "vocab": 1, "mask": 1, "pretrain": 1, "finetune": 1, "score": 1}
+STAGE_VERSIONS = {"ingest": 1, "vocab": 1, "mask": 1, "pretrain": 1, "finetune": 1, "score": 2}
 
 
 def code_version(stage: str) -> str:
@@ -41,6 +43,10 @@ def fingerprint(value: str) -> str:
     """Content fingerprint of a path, directory, glob, or (for URIs) the string itself."""
     if not value:
         return "none"
+    if is_remote(value):
+        loc = locate(value)
+        stored = _read_json(loc.child(SIDECAR))
+        return "stage:" + stored["key"] if stored and "key" in stored else "listing:" + listing_digest(loc)
     p = Path(value)
     if p.is_dir():
         side = p / SIDECAR
@@ -79,18 +85,22 @@ def stage_key(stage: str, cfg: Any, inputs: dict[str, Any], fingerprints: dict |
 
 
 def load(out_dir: str | Path, key: str) -> dict[str, Any] | None:
-    """The stored summary if ``out_dir`` was produced with ``key`` and is still complete."""
-    side = Path(out_dir) / SIDECAR
-    if not side.is_file():
-        return None
-    try:
-        data = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if data.get("key") != key or not (Path(out_dir) / "manifest.json").is_file():
+    """The stored summary if ``out_dir`` (a folder or an object-store prefix) was produced with ``key`` and is
+    still complete."""
+    out = locate(out_dir)
+    data = _read_json(out.child(SIDECAR))
+    if data is None or data.get("key") != key or not out.child("manifest.json").is_file():
         return None
     return data.get("summary")
 
 
 def save(out_dir: str | Path, key: str, summary: dict[str, Any]) -> None:
-    atomic_write_bytes(Path(out_dir) / SIDECAR, json.dumps({"key": key, "summary": summary}, default=str).encode())
+    locate(out_dir).child(SIDECAR).write_bytes(json.dumps({"key": key, "summary": summary}, default=str).encode())
+
+
+def _read_json(loc) -> dict[str, Any] | None:
+    try:
+        data = json.loads(loc.read_bytes())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -157,9 +157,7 @@ def run_stage(
             result = body(on_metrics, ProgressReporter(stage))
         seconds = time.perf_counter() - t0
         tracking.log_metrics(uri, run_id, {**result.metrics, "stage_seconds": seconds})
-        manifest = Path(result.path) / MANIFEST
-        if manifest.is_file():
-            tracking.log_artifact(uri, run_id, manifest)
+        _log_manifest(uri, run_id, result.path)
         tracking.set_tags(uri, run_id, {"bertflow.output": result.path})
     details = _jsonable(result.details)
     _table_artifacts(stage, details)
@@ -168,6 +166,26 @@ def run_stage(
                        run_id=run_id, seconds=seconds, reused=False, stage_key=key)
     reuse.save(out_dir, key, summary.to_json())
     return summary
+
+
+def _log_manifest(uri: str, run_id: str, out_dir: str) -> None:
+    """The stage's manifest as an MLflow artifact, from a local folder or an object-store prefix."""
+    import tempfile
+
+    from bertflow.bert_core.storage import is_remote, locate
+
+    if not is_remote(out_dir):
+        manifest = Path(out_dir) / MANIFEST
+        if manifest.is_file():
+            tracking.log_artifact(uri, run_id, manifest)
+        return
+    try:
+        body = locate(out_dir).child(MANIFEST).read_bytes()
+    except OSError:
+        return
+    with tempfile.TemporaryDirectory(prefix="bertflow-manifest-") as tmp:
+        (Path(tmp) / MANIFEST).write_bytes(body)
+        tracking.log_artifact(uri, run_id, Path(tmp) / MANIFEST)
 
 
 def _link_artifact(stage: str, url: str) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY_OVERRIDES, build_tiny_classifier
+from tests.helpers import (REPO, S3_ENV, TINY_OVERRIDES, Bucket, build_tiny_classifier, free_port, make_bucket,
+                           moto_server_cmd, running)
 
 # Before anything imports prefect: keep its database and settings out of ~/.prefect.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="bertflow-test-prefect-")
@@ -72,3 +73,22 @@ def one_torch_thread():
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer x 32-hidden BERT classifier (3 labels) with a WordPiece tokenizer trained here."""
     return build_tiny_classifier(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3-compatible server on a free 127.0.0.1 port, for the whole session (started on first use)."""
+    port = free_port()
+    with running(moto_server_cmd(port), f"http://127.0.0.1:{port}/", env={**os.environ, **S3_ENV}):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch, request) -> Bucket:
+    """A fresh bucket on the test S3 server, with the standard AWS variables pointing this process at it."""
+    import re
+
+    for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 10000}"
+    return make_bucket(s3_endpoint, name)

@@ -664,3 +664,81 @@ def run_without_bertflow(code: str, args: Sequence[str], cwd: Path, env: dict[st
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-I", "-S", "-c", prelude + code, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+# ================================================================================ object store
+# A real S3-compatible server (moto's standalone server, bound to 127.0.0.1) reached by the same client code
+# a real bucket uses: pyarrow's S3FileSystem, pointed at it by AWS_ENDPOINT_URL. Credentials are dummies.
+S3_SECRET = "bertflow-test-secret-0123456789"  # tests assert it never reaches MLflow, Prefect or a manifest
+S3_ENV = {"AWS_ACCESS_KEY_ID": "bertflow-test-key", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def moto_server_cmd(port: int) -> list[str]:
+    """moto's S3-compatible HTTP server on 127.0.0.1:``port`` (the ``moto[server]`` test extra)."""
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A fresh bucket on the test S3 server: ``uri("lake/")`` names a prefix, ``fs`` reaches it as pyarrow does."""
+
+    name: str
+    endpoint: str
+
+    @property
+    def fs(self):
+        import pyarrow.fs as pafs
+
+        host = self.endpoint.split("://", 1)[1]
+        return pafs.S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1",
+                                 access_key=S3_ENV["AWS_ACCESS_KEY_ID"], secret_key=S3_SECRET)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.name}/{key}"
+
+    def upload(self, local: Path, prefix: str) -> str:
+        """Copy every file under ``local`` to ``prefix`` (keys mirror the relative paths); returns its URI."""
+        for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+            key = f"{self.name}/{prefix.strip('/')}/{path.relative_to(local).as_posix()}"
+            with self.fs.open_output_stream(key) as out:
+                out.write(path.read_bytes())
+        return self.uri(prefix)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under ``prefix`` (directory markers left out)."""
+        import pyarrow.fs as pafs
+
+        base = f"{self.name}/{prefix.strip('/')}".rstrip("/")
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return sorted(i.path[len(self.name) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def make_bucket(endpoint: str, name: str) -> Bucket:
+    import pyarrow.fs as pafs
+
+    bucket = Bucket(name, endpoint)
+    host = endpoint.split("://", 1)[1]
+    pafs.S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1", allow_bucket_creation=True,
+                      access_key=S3_ENV["AWS_ACCESS_KEY_ID"], secret_key=S3_SECRET).create_dir(name)
+    return bucket
+
+
+def make_hive_lake(root: Path, days: int, rows: int, seed: int = 0, files_per_day: int = 1,
+                   row_group_rows: int | None = None, start: str = "2026-11-01") -> list[str]:
+    """A hive lake ``dt=<day>/part-<i>.parquet`` of (id, lang, text) rows; returns the day values."""
+    import datetime
+
+    rng = random.Random(seed)
+    first = datetime.date.fromisoformat(start)
+    day_values, next_id = [], 0
+    for d in range(days):
+        day = (first + datetime.timedelta(days=d)).isoformat()
+        day_values.append(day)
+        for f in range(files_per_day):
+            ids = list(range(next_id, next_id + rows))
+            next_id += rows
+            table = pa.table({"id": ids, "lang": [rng.choice(["en", "fr", None]) for _ in ids],
+                              "text": [sentence(rng) for _ in ids]})
+            path = root / f"dt={day}" / f"part-{f}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, path, row_group_size=row_group_rows)
+    return day_values

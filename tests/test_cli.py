@@ -119,3 +119,12 @@ def test_flow_parameter_of_the_wrong_type_is_rejected(prefect_harness, tmp_path)
     with pytest.raises(ParameterTypeError):
         pipeline(config={"mask": {"masked_lm_prob": 2}}, workspace=str(tmp_path))  # validated like the UI form
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_score_where_and_credentials_are_checked_before_anything_runs(repo_root, tmp_path):
+    proc = bertflow(["score", "-c", "tiny", "-w", str(tmp_path), "--where", "upper(lang) = 'EN'"], repo_root)
+    assert_clean_error(proc, "score.where: \"upper(lang) = 'EN'\": function UPPER")
+    proc = bertflow(["score", "-c", "tiny", "-w", str(tmp_path), "--input", "s3://KEY:SECRET@bucket/lake/"], repo_root)
+    assert_clean_error(proc, "credentials in a URI are refused")
+    assert "SECRET" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # refused before MLflow (or Prefect) saw the config

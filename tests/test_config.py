@@ -61,7 +61,7 @@ def test_relative_paths_in_a_yaml_file_resolve_against_its_folder(tmp_path, monk
     assert cfg.finetune.base_model == "s3://bucket/model" and cfg.score.model_uri == "models:/clf@champion"
     assert cfg.score.input == str(folder / "lake") and cfg.pretrain.init_from == str(folder / "runs/export")
     assert cfg.finetune.valid_path == "valid.csv"  # --set stays relative to the current directory
-    assert cfg.score.filter == "lang = 'en'"  # not a path: untouched
+    assert cfg.score.where == "lang = 'en'"  # not a path: untouched (score.filter is where's old name)
     assert load_config(None).ingest.inputs == ("data/books/*.txt.gz",)  # defaults too
     local = load_config("presets/p.yaml", ["score.model_uri=export/model"]).score.model_uri
     assert local == "export/model"

@@ -102,8 +102,9 @@ def test_wheel_runs_the_tiny_pipeline_and_scores_outside_the_checkout(wheel_venv
     run = in_venv(wheel_venv, [cli, "pipeline", "--config", "tiny", "--workspace", str(ws),
                                "--set", "pretrain.max_steps=30", "--set", "finetune.epochs=1"], tmp_path, home)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for stage in ("ingest", "vocab", "mask", "pretrain", "finetune", "score"):
+    for stage in ("ingest", "vocab", "mask", "pretrain", "finetune"):
         assert (ws / stage / "manifest.json").is_file(), stage
+    assert len(list((ws / "score").glob("*/manifest.json"))) == 1  # <workspace>/score/<job>
     out = tmp_path / "scored"
     lake = next(wheel_venv.glob("lib/python*/site-packages/bertflow/data/lake"))
     scored = in_venv(wheel_venv, [cli, "score", "--config", "tiny", "--workspace", str(ws), "--input", str(lake),

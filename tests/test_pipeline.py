@@ -25,7 +25,8 @@ def test_every_stage_writes_its_directory(tiny_run):
     assert list(summary.stages) == list(STAGES)
     for stage, result in summary.stages.items():
         out = Path(result.path)
-        assert out.is_dir() and out.parent == ws, stage
+        home = ws / "score" if stage == "score" else ws  # scoring writes <workspace>/score/<job>
+        assert out.is_dir() and out.parent == home, stage
         assert (out / "manifest.json").is_file(), stage
     last = json.loads((ws / "last_run.json").read_text())  # other tests may have run the pipeline here since
     assert list(last["stages"]) == list(STAGES) or last["parent_run_id"] == summary.parent_run_id
@@ -57,7 +58,9 @@ def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
     client = tracking.client(summary.tracking_uri)
     mv = client.get_model_version_by_alias(reg.name, "candidate")
     assert str(mv.version) == reg.version
-    table = ds.dataset(ws / "score", format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
+    scored = Path(summary.stages["score"].path)
+    assert scored.parent == ws / "score" and scored.name.startswith("lake-")  # <workspace>/score/<job>
+    table = ds.dataset(scored, format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
     lake = ds.dataset("data/lake" if Path("data/lake").exists() else Path(__file__).parents[1] / "data/lake",
                       format="parquet", partitioning="hive").to_table()
     assert table.num_rows == lake.num_rows

@@ -122,7 +122,7 @@ def test_probabilities_and_cls_embedding_columns(tiny_model, tmp_path):
     assert set(out["model_version"].to_pylist()) == {"7"}
 
 
-def test_hive_partitions_are_mirrored_and_filters_apply(tiny_model, tmp_path):
+def test_hive_partitions_are_mirrored_and_where_is_pushed_down(tiny_model, tmp_path):
     rng = random.Random(4)
     lake = tmp_path / "lake"
     for dt in ("2024-01-01", "2024-01-02"):
@@ -132,11 +132,10 @@ def test_hive_partitions_are_mirrored_and_filters_apply(tiny_model, tmp_path):
                   {"id": [f"{dt}/{part}/{i}" for i in range(n)], "text": [sentence(rng) for _ in range(n)],
                    "lang": [rng.choice(["en", "fr"]) for _ in range(n)], "n": list(range(n))})
     out = tmp_path / "out"
-    result = run(score_cfg(lake, filter="dt = '2024-01-02' AND lang = 'en' AND n >= 5", key_columns=("id", "lang")),
+    result = run(score_cfg(lake, where="dt = '2024-01-02' AND lang = 'en' AND n >= 5", key_columns=("id", "lang")),
                  tiny_model, out)
     outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
-    assert outputs == ["dt=2024-01-01/part-0.parquet", "dt=2024-01-01/part-1.parquet",
-                       "dt=2024-01-02/part-0.parquet", "dt=2024-01-02/part-1.parquet"]
+    assert outputs == ["dt=2024-01-02/part-0.parquet", "dt=2024-01-02/part-1.parquet"]  # the other day: pruned
     table = read_scored(out)
     assert table.column_names[:2] == ["id", "lang"]
     assert "n" not in table.column_names and "text" not in table.column_names
@@ -145,8 +144,11 @@ def test_hive_partitions_are_mirrored_and_filters_apply(tiny_model, tmp_path):
     expected = sorted(r["id"] for r in src.to_pylist() if r["dt"] == "2024-01-02" and r["lang"] == "en" and r["n"] >= 5)
     assert sorted(table["id"].to_pylist()) == expected and expected
     assert set(table["dt"].to_pylist()) == {"2024-01-02"}  # hive partition read back from the mirrored path
-    assert result.metrics["rows_in"] == 80 and result.metrics["rows_filtered"] == 80 - len(expected)
-    assert pq.read_metadata(out / "dt=2024-01-01" / "part-0.parquet").num_rows == 0  # one output per input file
+    assert result.metrics["files_pruned"] == 2 and result.details["pruned"] == [
+        "dt=2024-01-01/part-0.parquet", "dt=2024-01-01/part-1.parquet"]
+    assert result.metrics["rows_in"] == 40 and result.metrics["rows_filtered"] == 40 - len(expected)
+    manifest = read_manifest(out, "score")
+    assert manifest["pruned"] == result.details["pruned"] and manifest["metrics"]["bytes_read"] > 0
 
 
 def test_corrupt_files_are_reported_and_the_others_scored(tiny_model, tmp_path):
@@ -252,7 +254,7 @@ def test_input_column_clash_and_missing_column_are_clear_errors(tiny_model, tmp_
     with pytest.raises(InputError, match="no column 'body'"):
         run(score_cfg(tmp_path / "in.parquet", text_column="body"), tiny_model, tmp_path / "out3")
     with pytest.raises(InputError, match="unknown column 'nope'"):
-        run(score_cfg(tmp_path / "in.parquet", filter="nope = 1", output_prefix="pred_"), tiny_model, tmp_path / "out4")
+        run(score_cfg(tmp_path / "in.parquet", where="nope = 1", output_prefix="pred_"), tiny_model, tmp_path / "out4")
 
 
 def test_filejob_round_trips_through_pickle(tiny_model, tmp_path):
@@ -339,3 +341,48 @@ def test_kill_during_run_then_rerun_is_exactly_once(tiny_model, tmp_path):
     assert ids == list(range(12 * 24)) and len(set(ids)) == len(ids)  # no duplicate, no missing key
     assert got["label"].to_pylist() == want["label"].to_pylist()
     np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), atol=1e-6)
+
+
+def test_where_on_30_daily_partitions_reads_one_partition(tiny_model, tmp_path):
+    from tests.helpers import make_hive_lake
+
+    lake = tmp_path / "lake"
+    days = make_hive_lake(lake, days=30, rows=40, row_group_rows=10, seed=6)
+    day = days[14]
+    one_day = (lake / f"dt={day}" / "part-0.parquet").stat().st_size
+    everything = run(score_cfg(lake), tiny_model, tmp_path / "all")
+    picked = run(score_cfg(lake, where=f"dt = '{day}'"), tiny_model, tmp_path / "one")
+    m, whole = picked.metrics, everything.metrics
+    assert m["files"] == 1 and m["files_pruned"] == 29 and m["rows_in"] == 40 and m["rows_scored"] == 40
+    # Only that partition's file was opened: its data, and its footer once more to plan.
+    assert one_day * 0.8 <= m["bytes_read"] <= one_day * 1.5, (m["bytes_read"], one_day)
+    assert m["bytes_read"] * 25 <= whole["bytes_read"] and whole["files_pruned"] == 0
+    assert read_manifest(tmp_path / "one", "score")["metrics"]["bytes_read"] == m["bytes_read"]
+    assert set(read_scored(tmp_path / "one")["dt"].to_pylist()) == {day}
+    # Row groups: a condition on a sorted column skips those whose statistics rule it out, unread.
+    first_id = read_scored(tmp_path / "one")["id"].to_pylist()[0]
+    tail = run(score_cfg(lake, where=f"dt = '{day}' AND id >= {first_id + 30}"), tiny_model, tmp_path / "tail")
+    assert tail.metrics["row_groups_skipped"] == 3 and tail.metrics["row_groups_read"] == 1
+    assert tail.metrics["rows_scored"] == 10 and tail.metrics["rows_filtered"] == 30  # rows in = out + filtered
+    assert tail.metrics["bytes_read"] < m["bytes_read"]
+
+
+def test_an_output_holding_another_inputs_results_is_refused_unless_overwrite(tiny_model, tmp_path):
+    from bertflow.bert_core.score.destination import job_name
+
+    a, b, out = tmp_path / "a" / "lake", tmp_path / "b" / "lake", tmp_path / "out"
+    make_lake(a, files=2, rows=5)
+    make_lake(b, files=1, rows=6, seed=1)
+    assert job_name(score_cfg(a)) != job_name(score_cfg(b))  # two lakes of one name: two default outputs
+    assert job_name(score_cfg(a)).startswith("lake-") and job_name(score_cfg(a, job="nightly")) == "nightly"
+    run(score_cfg(a), tiny_model, out)
+    assert run(score_cfg(a, where="id > 2"), tiny_model, out).metrics["files_scored"] == 2  # same input: fine
+    with pytest.raises(InputError, match=r"holds the results of another input \(.*/a/lake\).*--overwrite"):
+        run(score_cfg(b), tiny_model, out)
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-000.parquet", "part-001.parquet"]  # untouched
+    (out / "notes.txt").write_text("not ours")
+    replaced = run(score_cfg(b, overwrite=True), tiny_model, out)
+    assert "part-001.parquet" in replaced.details["overwritten"] and "manifest.json" in replaced.details["overwritten"]
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-000.parquet"]
+    assert read_scored(out)["id"].to_pylist() == list(range(6)) and (out / "notes.txt").read_text() == "not ours"
+    assert read_manifest(out, "score")["input"] == str(b.resolve())

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from bertflow.bert_core.configtools import evolve
-from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.safeload import hf_model_kwargs
 from tests.helpers import REPO, free_port, running
 
@@ -405,14 +405,15 @@ def test_rule4_score_filters_and_columns_with_hostile_text_stay_literal(models, 
     pq.write_table(table, tmp_path / "in.parquet")
     quoted = hostile_value.replace("'", "''")
     cfg = ScoreConfig(input=str(tmp_path / "in.parquet"), text_column=text_col, key_columns=(key_col, "lang"),
-                      filter=f"lang IN ('en', '{quoted}') AND \"{key_col}\" != 'c'", device="cpu", max_length=16)
+                      where=f"lang IN ('en', '{quoted}') AND \"{key_col}\" != 'c'", device="cpu", max_length=16)
     run(cfg, models["clf"][0], tmp_path / "out")
     out = output_dataset(tmp_path / "out").to_table()
     assert out.column_names[:2] == [key_col, "lang"] and out[key_col].to_pylist() == ["a", "b"]
     assert out["lang"].to_pylist()[1] == hostile_value
-    for bad in (f"lang = 'en'; COPY (SELECT 1) TO '{marker}'", f"\"{key_col}\" = 'a' OR 1=1"):
-        with pytest.raises(InputError, match="score.filter"):
-            run(evolve(cfg, filter=bad), models["clf"][0], tmp_path / "out2")
+    for bad in (f"lang = 'en'; COPY (SELECT 1) TO '{marker}'", f"\"{key_col}\" = 'a' OR 1=1",
+                f"lang IN (SELECT 1 FROM read_text('{marker}'))", "lang = 'en' -- OR 1=1"):
+        with pytest.raises(ConfigError, match="score.where"):  # refused when the config is made, before any run
+            run(evolve(cfg, where=bad), models["clf"][0], tmp_path / "out2")
     assert not marker.exists()
 
 

@@ -15,7 +15,8 @@ class IngestConfig(Config):
 
     inputs: Paths = Field(
         ("data/books/*.txt.gz",), min_length=1,
-        description="Files, directories or globs to read (.txt, .jsonl, .json, .csv, .tsv, .parquet; .gz/.zst too)")
+        description="Files, directories or globs to read (.txt, .jsonl, .json, .csv, .tsv, .parquet; .gz/.zst too), "
+                    "local or s3://bucket/prefix/")
     text_field: str = Field(
         "text", pattern=r"^[^\x00]+$", description="JSONL field / CSV column / Parquet column holding the text")
     txt_mode: Literal["file", "blank_line"] = Field(
@@ -47,6 +48,14 @@ class IngestConfig(Config):
     def _no_empty_path(cls, inputs: tuple[str, ...]) -> tuple[str, ...]:
         if not all(p.strip() for p in inputs):
             raise ValueError("empty path")
+        from bertflow.bert_core.errors import InputError
+        from bertflow.bert_core.storage import refuse_credentials
+
+        for p in inputs:  # refused here, before the config is logged anywhere
+            try:
+                refuse_credentials(p)
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
         return inputs
 
     @field_validator("encoding")

@@ -26,7 +26,7 @@ from typing import Any
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.ingest.config import IngestConfig
-from bertflow.bert_core.ingest.discover import InputFile, discover
+from bertflow.bert_core.ingest.discover import InputFile, discover, local_copies
 from bertflow.bert_core.ingest.prepare import PreparedBatch, Preparer, init_worker, prepare_file_in_worker, prepare_in_worker
 from bertflow.bert_core.ingest.readers import FileRejected, ReadStats, iter_raw_documents
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
@@ -53,7 +53,7 @@ def run(cfg: IngestConfig, out_dir: str | Path, on_progress: ProgressFn | None =
     if not files:
         raise InputError(f"no documents: ingest.inputs {list(cfg.inputs)} hold no readable files (skipped: {skipped[:5]})")
     workers = resolve_workers(cfg, files)
-    with atomic_dir(out_dir) as tmp:
+    with local_copies(files) as files, atomic_dir(out_dir) as tmp:
         writer = ShardWriter(tmp, int(cfg.shard_max_mb * MiB), cfg.compression)
         ingestion = _Ingestion(cfg, writer, FileStaging(tmp / ".staging.parquet", int(cfg.staging_mb * MiB)))
         with _Submit(cfg, workers) as submit:
@@ -210,7 +210,7 @@ class _Ingestion:
 
     def _fail_if_strict(self, f: InputFile, reason: str) -> None:
         if self.cfg.strict:
-            raise InputError(f"ingest: unreadable input {f.path}: {reason} (strict mode; set ingest.strict=false to skip such files)")
+            raise InputError(f"ingest: unreadable input {f.name}: {reason} (strict mode; set ingest.strict=false to skip such files)")
 
     def _consume(self, event: tuple, n_files: int, on_progress: ProgressFn | None) -> None:
         """Apply one unit of finished work; events of one file are contiguous and in order."""
@@ -247,7 +247,7 @@ class _Ingestion:
                     continue
                 seen.add(digest)
                 state.added.append(digest)
-            staging.append(digest.hex(), f.path, text, n_chars, starts)
+            staging.append(digest.hex(), f.name, text, n_chars, starts)
             state.docs_out += 1
             state.chars_out += n_chars
             state.bytes_out += len(text)
@@ -346,7 +346,7 @@ def _file_record(f: InputFile) -> dict[str, Any]:
         digest = file_digest(f.path)
     except OSError:
         digest = None
-    return {"path": f.path, "format": f.format, "compression": f.compression, "bytes": f.size, "sha256": digest}
+    return {"path": f.name, "format": f.format, "compression": f.compression, "bytes": f.size, "sha256": digest}
 
 
 def _versions() -> dict[str, str]:

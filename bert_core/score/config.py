@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from bertflow.bert_core.configtools import Config, PathStr, Strings
 
@@ -15,14 +15,23 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 class ScoreConfig(Config):
     section = "score"
 
-    input: PathStr = Field("data/lake", description="Parquet file, directory, glob or hive-partitioned lake to score")
+    input: PathStr = Field(
+        "data/lake", description="Parquet file, directory, glob or hive-partitioned lake to score (local or s3://...)")
     output: PathStr | None = Field(
-        None, description="Directory the scored lake is written to; null: the workspace's score/ folder")
+        None, description="Where the scored lake is written (local or s3://...); null: <workspace>/score/<job>")
+    job: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="Name of this scoring job (its default output folder); null: the input's name + a hash of it")
+    overwrite: bool = Field(
+        False, description="Replace an output that holds another input's results (else such a run is refused)")
     text_column: str = Field("text", min_length=1, description="Column holding the text to classify")
     text_pair_column: str | None = Field(None, description="Second text column for sentence-pair models")
     key_columns: Strings | None = Field(
         None, description="Input columns carried into the output; null: every non-text column")
-    filter: str | None = Field(None, description="Row filter in SQL syntax, e.g. lang = 'en' (validated, values bound)")
+    where: str | None = Field(
+        None, description="SQL condition on columns and hive partition keys, e.g. dt >= '2026-11-02' AND lang = 'en'; "
+                          "pushed down (partitions pruned by path, row groups by statistics); score.filter is its "
+                          "old name")
     model_uri: PathStr | None = Field(
         None, description="models:/name@alias, runs:/..., or a local HF dir; null: the pipeline's fine-tuned model")
     allow_pickle_weights: bool = Field(
@@ -54,6 +63,45 @@ class ScoreConfig(Config):
     input_fingerprint: Literal["footer", "content"] = Field(
         "footer",
         description="How inputs are fingerprinted for reuse: size + Parquet footer (cheap), or sha256 of the content")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _filter_is_where(cls, data: Any) -> Any:
+        """``score.filter`` (the old name) still works, as ``score.where``."""
+        if isinstance(data, dict) and "filter" in data:
+            data = dict(data)
+            old = data.pop("filter")
+            if data.get("where") not in (None, old):
+                raise ValueError("score.filter is the old name of score.where; set only score.where")
+            data["where"] = old
+        return data
+
+    @field_validator("input", "output")
+    @classmethod
+    def _no_credentials(cls, spec: str | None) -> str | None:
+        """Refused here, before the config is logged anywhere: a URI never carries a secret."""
+        from bertflow.bert_core.errors import InputError
+        from bertflow.bert_core.storage import refuse_credentials
+
+        if spec is not None:
+            try:
+                refuse_credentials(spec)
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        return spec
+
+    @field_validator("where")
+    @classmethod
+    def _where_is_allowed_sql(cls, text: str | None) -> str | None:
+        """Syntax and the allowed forms are checked when the config loads; columns and types per file, later."""
+        from bertflow.bert_core.errors import InputError
+        from bertflow.bert_core.score.where import parse_where
+
+        try:
+            parse_where(text, key="")
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        return text
 
     @field_validator("text_pair_column")
     @classmethod

@@ -1,22 +1,32 @@
-"""Find the Parquet files of a lake and map each to a safe output path that mirrors it.
+"""Find the Parquet files of a lake, prune its partitions, and map each file to a safe output path that mirrors it.
 
 The input may be one file, a directory (searched recursively), a glob, or a
-hive-partitioned lake (``dt=2024-01-01/part-0.parquet``). Each file keeps its path
-relative to the input root, and the output mirrors that path, so partitioning is
-preserved. Partition values are percent-decoded (as hive writers encode them), then
-re-encoded with Spark's escape set before they become directory names: a value like
-``../../etc`` or ``a/b`` can never climb out of, or add levels to, the output directory.
+hive-partitioned lake (``dt=2024-01-01/part-0.parquet``), on the local disk or in an
+object store (``s3://bucket/lake/``). Each file keeps its path relative to the input
+root, and the output mirrors that path, so partitioning is preserved. Partition values
+are percent-decoded (as hive writers encode them), then re-encoded with Spark's escape
+set before they become directory names: a value like ``../../etc`` or ``a/b`` can never
+climb out of, or add levels to, the output directory.
+
+Partition pruning is pyarrow.dataset's: the files become a ``FileSystemDataset`` whose
+fragments carry their typed partition values, and ``get_fragments(filter=...)`` drops
+those whose path rules out every row, without opening them.
 """
 
 from __future__ import annotations
 
+import datetime
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
+import pyarrow as pa
+
 from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.storage import Location, expand, locate
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 HIVE_DEFAULT = "__HIVE_DEFAULT_PARTITION__"
@@ -30,9 +40,11 @@ _MAX_COMPONENT_BYTES = 200
 class InputFile:
     """One input file: where it is, its path relative to the input root, its hive partition."""
 
-    path: Path
+    uri: str  # what jobs and manifests name: the absolute local path, or s3://bucket/key
+    path: str  # the filesystem's path of it (bucket/key on S3)
     rel: PurePosixPath
     partition: tuple[tuple[str, str], ...]
+    size: int | None = None  # bytes, from the listing (None: not listed with sizes)
 
 
 def sanitize_partition_value(value: str) -> str:
@@ -70,12 +82,15 @@ def output_relpath(rel: PurePosixPath) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def output_path(out_dir: Path, rel: PurePosixPath) -> Path:
-    """``out_dir / output_relpath(rel)``, checked to lie inside ``out_dir``."""
-    root = Path(out_dir).resolve()
-    target = (root / output_relpath(rel)).resolve()
-    if root != target and root not in target.parents:  # cannot happen after sanitising; a second guard
-        raise InputError(f"input path {rel} would be written outside the output directory {root}")
+def output_path(out: Location | str | Path, rel: PurePosixPath) -> Location:
+    """The output file of an input's relative path: ``out / output_relpath(rel)``, checked to lie inside ``out``."""
+    root = out if isinstance(out, Location) else locate(out)
+    target = root.child(output_relpath(rel).as_posix())
+    if not root.remote:
+        resolved = Path(target.path).resolve()
+        if Path(root.path) != resolved and Path(root.path) not in resolved.parents:  # a second guard
+            raise InputError(f"input path {rel} would be written outside the output directory {root.uri}")
+        target = locate(resolved)
     return target
 
 
@@ -90,14 +105,35 @@ def partition_of(rel: PurePosixPath) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def discover(spec: str, exclude: str | Path | None = None) -> tuple[Path, list[InputFile]]:
-    """Resolve ``spec`` (file, directory, glob) to ``(root, files)``, sorted by relative path.
+def discover(spec: str, exclude: Location | str | Path | None = None) -> tuple[Location, list[InputFile]]:
+    """Resolve ``spec`` (file, directory, glob; local or ``s3://``) to ``(root, files)``, sorted by relative path.
 
     Hidden files and directories (names starting with ``.`` or ``_``: temp files,
     ``_SUCCESS``, ``_delta_log``) are skipped, as are files under ``exclude``
     (the output directory, when it sits inside the input).
     """
-    excluded = Path(exclude).resolve() if exclude is not None else None
+    loc = locate(spec)
+    excluded = exclude if isinstance(exclude, Location) or exclude is None else locate(exclude)
+    found = _list_local(spec) if not loc.remote else _list_remote(spec, loc)
+    root, candidates = found
+    files = []
+    for path, size in candidates:
+        if excluded is not None and (path == excluded.path or path.startswith(excluded.path.rstrip("/") + "/")):
+            continue
+        rel = PurePosixPath(root.rel_of(path)) if path.startswith(root.path.rstrip("/") + "/") \
+            else PurePosixPath(PurePosixPath(path).name)  # a symlink pointing outside the root: its name only
+        if any(part.startswith((".", "_")) for part in rel.parts):
+            continue
+        files.append(InputFile(uri=root.uri_of(path) if root.remote else path, path=path, rel=rel,
+                               partition=partition_of(rel), size=size))
+    if not files:
+        raise InputError(f"no Parquet files found for score input {spec!r} "
+                         f"(looked for {', '.join(PARQUET_SUFFIXES)}; hidden and _-prefixed names are skipped)")
+    files.sort(key=lambda f: f.rel.as_posix())
+    return root, files
+
+
+def _list_local(spec: str) -> tuple[Location, list[tuple[str, int | None]]]:
     if any(ch in _GLOB_CHARS for ch in spec):
         root = _glob_root(spec)
         candidates = [Path(p) for p in glob.glob(spec, recursive=True)]
@@ -111,24 +147,15 @@ def discover(spec: str, exclude: str | Path | None = None) -> tuple[Path, list[I
             candidates = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PARQUET_SUFFIXES]
         else:
             raise InputError(f"score input {spec!r} does not exist (give a Parquet file, a directory or a glob)")
-    root = root.resolve()
-    files = []
-    for cand in candidates:
-        full = cand.resolve()
-        if excluded is not None and (full == excluded or excluded in full.parents):
-            continue
-        try:
-            rel = PurePosixPath(full.relative_to(root).as_posix())
-        except ValueError:  # a symlink pointing outside the root: keep its name only
-            rel = PurePosixPath(full.name)
-        if any(part.startswith((".", "_")) for part in rel.parts):
-            continue
-        files.append(InputFile(path=full, rel=rel, partition=partition_of(rel)))
-    if not files:
-        raise InputError(f"no Parquet files found for score input {spec!r} "
-                         f"(looked for {', '.join(PARQUET_SUFFIXES)}; hidden and _-prefixed names are skipped)")
-    files.sort(key=lambda f: f.rel.as_posix())
-    return root, files
+    return locate(root), [(cand.resolve().as_posix(), None) for cand in candidates]
+
+
+def _list_remote(spec: str, loc: Location) -> tuple[Location, list[tuple[str, int | None]]]:
+    """One listing of the bucket prefix (a glob filters it); in a folder only Parquet names count."""
+    root, infos, folder = expand(loc)
+    if folder and not any(ch in _GLOB_CHARS for ch in loc.path):
+        infos = [i for i in infos if PurePosixPath(i.path).suffix.lower() in PARQUET_SUFFIXES]
+    return root, [(i.path, i.size) for i in infos]
 
 
 def _glob_root(spec: str) -> Path:
@@ -140,3 +167,87 @@ def _glob_root(spec: str) -> Path:
             break
         fixed.append(part)
     return Path(*fixed) if fixed else Path(os.curdir)
+
+
+# ------------------------------------------------------------------------------------------ partitions
+_INT = re.compile(r"^-?\d{1,18}$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+PARTITION_TYPES = {"int64": pa.int64(), "date32": pa.date32(), "string": pa.string()}
+
+
+def partition_types(files: list[InputFile]) -> dict[str, str]:
+    """The type of each hive key over the whole lake, as hive and DuckDB infer it: int64 when every value
+    is an integer, date32 when every value is a ``YYYY-MM-DD`` date, else string (nulls do not count)."""
+    values: dict[str, list[str]] = {}
+    for f in files:
+        for key, value in f.partition:
+            values.setdefault(key, [])
+            if value != "":
+                values[key].append(value)
+    return {key: _infer(vals) for key, vals in values.items()}
+
+
+def _infer(values: list[str]) -> str:
+    if values and all(_INT.match(v) for v in values):
+        return "int64"
+    if values and all(_DATE.match(v) and _is_date(v) for v in values):
+        return "date32"
+    return "string"
+
+
+def _is_date(value: str) -> bool:
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def typed_partition(partition: tuple[tuple[str, str], ...], types: dict[str, str]) -> dict[str, pa.Scalar]:
+    """A file's partition values as scalars of the lake's partition types (``""``: null, hive's default)."""
+    out = {}
+    for key, value in partition:
+        typ = PARTITION_TYPES[types.get(key, "string")]
+        out[key] = pa.scalar(None, typ) if value == "" else pa.scalar(value).cast(typ)
+    return out
+
+
+def prune(root: Location, files: list[InputFile], where, types: dict[str, str]) -> tuple[list[InputFile],
+                                                                                        list[InputFile]]:
+    """``(kept, pruned)``: the files whose partition path leaves some row able to match ``where``.
+
+    Done by pyarrow.dataset without opening any file: each fragment carries its partition
+    as an expression, predicates on data columns stand as unknowns, and
+    ``get_fragments(filter=...)`` keeps the fragments the condition cannot rule out.
+    """
+    import pyarrow.dataset as ds
+
+    from bertflow.bert_core.score.where import UNKNOWN, Field, to_expression
+
+    if where is None or not types:
+        return files, []
+    schema_of = {key: PARTITION_TYPES[t] for key, t in types.items()}
+    lowered = {k.lower(): k for k in schema_of}
+
+    def resolve(name: str):
+        key = name if name in schema_of else lowered.get(name.lower())
+        return Field(key, schema_of[key]) if key is not None else UNKNOWN
+
+    expression, unknowns = to_expression(where, resolve, f"the partitions of {root.uri}")
+    if len(unknowns) and not any(resolve(c) is not UNKNOWN for c in where.columns):
+        return files, []  # no partition key in the condition: nothing to prune by path
+    schema = pa.schema([pa.field(k, t) for k, t in schema_of.items()] + unknowns)
+    guarantees = [_partition_expression(typed_partition(f.partition, types)) for f in files]
+    dataset = ds.FileSystemDataset.from_paths([f.path for f in files], schema=schema, format=ds.ParquetFileFormat(),
+                                              filesystem=root.fs, partitions=guarantees)
+    kept_paths = {frag.path for frag in dataset.get_fragments(filter=expression)}
+    return [f for f in files if f.path in kept_paths], [f for f in files if f.path not in kept_paths]
+
+
+def _partition_expression(values: dict[str, pa.Scalar]):
+    import pyarrow.dataset as ds
+
+    expression = ds.scalar(True)
+    for key, value in values.items():
+        expression = expression & (ds.field(key).is_null() if not value.is_valid else ds.field(key) == value)
+    return expression

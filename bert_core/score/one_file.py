@@ -7,60 +7,61 @@ travels in one picklable ``FileWork``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bertflow.bert_core.errors import BertflowError, InputError
-from bertflow.bert_core.stageio import ProgressFn, raise_if_disk_full
+from bertflow.bert_core.stageio import ProgressFn, model_dir_digest, raise_if_disk_full
+from bertflow.bert_core.storage import ReadCounter, locate, open_counted
 
-from bertflow.bert_core.score.commit import COMMIT_KEY, commit_status, publish, read_commit, temp_path
+from bertflow.bert_core.score.commit import COMMIT_KEY, commit_status, discard, publish, read_commit, temp_path
 from bertflow.bert_core.score.config import ScoreConfig
-from bertflow.bert_core.score.filters import parse_filter
-from bertflow.bert_core.score.fingerprint import config_digest
-from bertflow.bert_core.stageio import model_dir_digest
+from bertflow.bert_core.score.fingerprint import config_digest, read_footer
+from bertflow.bert_core.score.lake import output_relpath, typed_partition
 from bertflow.bert_core.score.output import OutputSpec, added_names
 from bertflow.bert_core.score.results import COUNTS, FileJob, FileResult
+from bertflow.bert_core.score.where import parse_where
 
 
 def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri: str | None = None,
                on_progress: ProgressFn | None = None, *, model_version: str | None = None) -> FileResult:
-    """Score one input file into its output file, atomically.
+    """Score one input file into its output file, atomically (local or object store, in or out).
 
     Idempotent: a file already committed (same input, config and model) is not
     scored again (``status="skipped"``). Bad rows are flagged, never fatal; an
-    unreadable file or a missing column raises InputError.
+    unreadable file or a missing column raises InputError. Row groups whose statistics
+    rule out ``score.where`` are not read.
     """
     from bertflow.bert_core.score.model import load_classifier
-    from bertflow.bert_core.score.scorer import read_plan, score_stream
+    from bertflow.bert_core.score.scorer import score_stream
 
     t0 = time.perf_counter()
     where = job.input_path
     if job.problem is not None:
         raise InputError(f"{where}: {job.problem}")
-    out = Path(job.output_path)
+    out = locate(job.output_path)
     digest = config_digest(cfg)
     if commit_status(out, job.input_fingerprint, digest, model_dir_digest(model_dir))[0]:
-        return FileResult.skipped(job, read_commit(out))
+        return FileResult.skipped(job, read_commit(out.path, out.fs))
     clf = load_classifier(model_dir, cfg)
+    counter = ReadCounter()
+    source, pf, rp = _open(cfg, job, counter)
     try:
-        pf = pq.ParquetFile(where)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{where}: not a readable Parquet file: {exc}") from None
-    try:
-        rp = read_plan(cfg, pf.schema_arrow, dict(job.partition), parse_filter(cfg.filter), where, added_names(cfg))
         spec = OutputSpec(
             carried=rp.carried, labels=tuple(clf.labels), probabilities=cfg.probabilities,
             embedding_dim=clf.hidden_size if cfg.embeddings != "none" else 0,
             model_uri=model_uri or str(Path(model_dir).resolve()),
             model_version=model_version or clf.fingerprint[:19], prefix=cfg.output_prefix,
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(out)
+        if not out.remote:
+            Path(out.path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(out.path, _output_root(out.path, job.rel_path) if out.remote else None)
 
         def commit_record(counts) -> dict[bytes, bytes]:
             record = {
@@ -80,20 +81,79 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
                 on_progress(done, max(job.rows, 0))
 
         try:
-            counts = score_stream(pf, where, tmp, clf, cfg, rp, spec, commit_record, on_rows)
-            written = pq.read_metadata(tmp).num_rows
+            counts = score_stream(pf, where, tmp, clf, cfg, rp, spec, commit_record, on_rows, filesystem=out.fs)
+            written = pq.read_metadata(tmp, filesystem=out.fs).num_rows
             if written != counts.rows_out:
                 raise RuntimeError(f"{where}: output file holds {written} rows, expected {counts.rows_out}")
-            publish(tmp, out)
+            publish(out.fs, tmp, out.path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            discard(out.fs, tmp)
             raise
     finally:
-        close = getattr(pf, "close", None)
-        if close is not None:
-            close()
+        source.close()
+    groups = pf.metadata.num_row_groups
+    counts.row_groups_read = groups if rp.row_groups is None else len(rp.row_groups)
+    counts.row_groups_skipped = groups - counts.row_groups_read
+    counts.bytes_read = counter.bytes
     return FileResult.scored(job, counts, time.perf_counter() - t0, str(clf.device),
                              str(clf.dtype).replace("torch.", ""))
+
+
+def _open(cfg: ScoreConfig, job: FileJob, counter: ReadCounter):
+    """``(source, ParquetFile, ReadPlan)`` of a job's input; the plan lists the row groups to read.
+
+    The footer is read once (exactly), into a pyarrow.dataset fragment: its ``subset`` keeps the
+    row groups whose min/max/null-count statistics leave some row able to match
+    ``score.where``. The caller closes ``source``.
+    """
+    import pyarrow.dataset as ds
+
+    from bertflow.bert_core.score.scorer import read_plan
+
+    where = job.input_path
+    source = None
+    try:
+        source = open_counted(locate(where), counter)
+        footer = read_footer(source)
+        if not footer:
+            raise OSError("no Parquet footer (not Parquet, or cut short)")
+        fragment = ds.ParquetFileFormat().make_fragment(pa.BufferReader(footer))  # statistics, no second read
+        fragment.ensure_complete_metadata()
+        pf = pq.ParquetFile(source, metadata=fragment.metadata)
+    except (pa.ArrowException, OSError) as exc:
+        if source is not None:
+            source.close()
+        raise InputError(f"{where}: not a readable Parquet file: {exc}") from None
+    try:
+        partition = typed_partition(job.partition, dict(job.partition_types))
+        rp = read_plan(cfg, pf.schema_arrow, partition, parse_where(cfg.where), where, added_names(cfg))
+        if rp.filter is not None:
+            kept = tuple(g.id for g in fragment.subset(rp.filter.expression).row_groups)
+            rp = dataclasses.replace(rp, row_groups=kept)
+    except BaseException:
+        source.close()
+        raise
+    return source, pf, rp
+
+
+def _output_root(output: str, rel: str) -> str:
+    """The output folder's path, from a job's output path and the input's relative path it mirrors."""
+    return output[: len(output) - len(output_relpath(PurePosixPath(rel)).as_posix())].rstrip("/")
+
+
+def selected_rows(cfg: ScoreConfig, job: FileJob, columns: list[str] | None = None) -> pa.Table:
+    """The rows of a job's file that ``score.where`` selects, read exactly as scoring reads them
+    (row groups pruned by statistics, then rows by the condition); no model involved."""
+    from bertflow.bert_core.score.scorer import read_batches
+
+    source, pf, rp = _open(cfg, job, ReadCounter())
+    try:
+        names = columns or list(rp.read_columns)
+        rp = dataclasses.replace(rp, read_columns=tuple(dict.fromkeys([*names, *rp.read_columns])))
+        batches = [b.select(names) for b, _ in read_batches(pf, job.input_path, cfg, rp)]
+        return pa.Table.from_batches(batches, schema=pa.schema([pf.schema_arrow.field(n) for n in names]))
+    finally:
+        source.close()
 
 
 @dataclass(frozen=True)

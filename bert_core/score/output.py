@@ -95,9 +95,11 @@ class WriterThread:
     adds the commit record to the footer and returns the number of rows written.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, compression: str, row_group_rows: int, depth: int = 2):
+    def __init__(self, path: Path | str, schema: pa.Schema, compression: str, row_group_rows: int, depth: int = 2,
+                 filesystem=None):
         self.path, self.rows = path, 0
-        self._writer = pq.ParquetWriter(str(path), schema, compression=None if compression == "none" else compression)
+        self._writer = pq.ParquetWriter(str(path), schema, compression=None if compression == "none" else compression,
+                                        filesystem=filesystem)  # filesystem: a pyarrow.fs one (S3...), None: local
         self._row_group_rows = row_group_rows
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None

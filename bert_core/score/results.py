@@ -19,15 +19,16 @@ COUNTS = ("rows_in", "rows_filtered", "rows_out", "rows_scored", "rows_error", "
 class FileJob:
     """One input file and its output."""
 
-    input_path: str  # absolute path of the input Parquet file
+    input_path: str  # absolute path (or s3://... URI) of the input Parquet file
     rel_path: str  # its path relative to the input root (posix), mirrored in the output
-    output_path: str  # absolute path of its output file
+    output_path: str  # absolute path (or URI) of its output file
     partition: tuple[tuple[str, str], ...]  # hive partition (key, value) pairs, decoded
     input_fingerprint: str  # see fingerprint.input_fingerprint
     rows: int  # rows in the input (its footer); -1 when it cannot be read
     committed: bool  # its output exists and matches input, config and (when planned with one) model
     reason: str  # why (not) committed: new, committed, input changed, config changed, model changed, ...
     problem: str | None = None  # why the file cannot be scored (unreadable, column missing); None when fine
+    partition_types: tuple[tuple[str, str], ...] = ()  # each partition key's type over the lake: int64, date32, string
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class FileResult:
     output: str  # FileJob.output_path
     status: Literal["scored", "skipped", "failed"]
     rows_in: int = 0
-    rows_filtered: int = 0  # dropped by score.filter
+    rows_filtered: int = 0  # ruled out by score.where (skipped row groups included)
     rows_out: int = 0
     rows_scored: int = 0
     rows_error: int = 0  # rows written with an error code instead of a prediction
@@ -48,6 +49,9 @@ class FileResult:
     dtype: str | None = None
     tokens: int = 0
     padded_tokens: int = 0
+    row_groups_read: int = 0
+    row_groups_skipped: int = 0  # ruled out by score.where from their statistics, never read
+    bytes_read: int = 0  # from the input file, footer included
     errors_by_code: dict[str, int] = field(default_factory=dict, hash=False)
     reason: str | None = None  # why it failed, naming the file
 
@@ -56,7 +60,9 @@ class FileResult:
         """From the scorer's ``Counts`` of a file just committed."""
         return cls(job.rel_path, job.output_path, "scored", **{k: int(getattr(counts, k)) for k in COUNTS},
                    seconds=round(seconds, 4), device=device, dtype=dtype, tokens=int(counts.tokens),
-                   padded_tokens=int(counts.padded_tokens), errors_by_code=dict(counts.errors_by_code))
+                   padded_tokens=int(counts.padded_tokens), errors_by_code=dict(counts.errors_by_code),
+                   row_groups_read=int(counts.row_groups_read), row_groups_skipped=int(counts.row_groups_skipped),
+                   bytes_read=int(counts.bytes_read))
 
     @classmethod
     def skipped(cls, job: FileJob, record: dict[str, Any] | None) -> FileResult:

@@ -29,7 +29,7 @@ import torch
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.encode import ERR_EMPTY_PAIR, ERR_NULL_PAIR, EncodedWindow, encode_window, extract_texts
-from bertflow.bert_core.score.filters import BoundFilter, Filter, bind_filter
+from bertflow.bert_core.score.where import BoundWhere, Where, bind_where
 from bertflow.bert_core.score.model import Classifier, cpu_threads, forward, torch_threads
 from bertflow.bert_core.score.output import OutputSpec, WriterThread, build_batch
 
@@ -38,16 +38,17 @@ _END = object()
 
 @dataclass(frozen=True)
 class ReadPlan:
-    """Which columns a file needs, which it carries to the output, and its bound filter."""
+    """Which columns a file needs, which it carries to the output, its bound condition, the row groups to read."""
 
     read_columns: tuple[str, ...]
     carried: pa.Schema
     text_column: str
     pair_column: str | None
-    filter: BoundFilter | None
+    filter: BoundWhere | None
+    row_groups: tuple[int, ...] | None = None  # None: all; the others' statistics rule out score.where
 
 
-def read_plan(cfg: ScoreConfig, schema: pa.Schema, partition: dict[str, str], flt: Filter | None,
+def read_plan(cfg: ScoreConfig, schema: pa.Schema, partition: dict[str, pa.Scalar], flt: Where | None,
               where: str, added_names: list[str]) -> ReadPlan:
     """Check a file's schema against the config; InputError naming the column at fault."""
     names = schema.names
@@ -67,12 +68,12 @@ def read_plan(cfg: ScoreConfig, schema: pa.Schema, partition: dict[str, str], fl
     if clash:
         raise InputError(f"{where}: column {clash[0]!r} clashes with an output column; leave it out with "
                          f"score.key_columns or set score.output_prefix (e.g. 'pred_')")
-    used = text_cols | set(carried) | ({c.column for c in flt.clauses} if flt is not None else set())
+    used = text_cols | set(carried) | (set(flt.columns) if flt is not None else set())
     dup = next((n for n in names if n in used and names.count(n) > 1), None)
     if dup is not None:  # pyarrow cannot pick one of them by name (a raw KeyError otherwise)
         hint = "" if dup in text_cols else " (or leave the column out with score.key_columns)"
         raise InputError(f"{where} has {names.count(dup)} columns named {dup!r}; rename them in the file{hint}")
-    bound = bind_filter(flt, schema, partition, where)
+    bound = bind_where(flt, schema, partition, where)
     needed = list(dict.fromkeys(carried + sorted(text_cols) + (bound.columns if bound else [])))
     carried_schema = pa.schema([schema.field(n).remove_metadata() for n in carried])
     return ReadPlan(tuple(needed), carried_schema, cfg.text_column, cfg.text_pair_column, bound)
@@ -90,14 +91,17 @@ class Counts:
     tokens: int = 0
     padded_tokens: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
+    row_groups_read: int = 0
+    row_groups_skipped: int = 0
+    bytes_read: int = 0
 
 
-def score_stream(pf: pq.ParquetFile, where: str, tmp: Path, clf: Classifier, cfg: ScoreConfig, rp: ReadPlan,
+def score_stream(pf: pq.ParquetFile, where: str, tmp: Path | str, clf: Classifier, cfg: ScoreConfig, rp: ReadPlan,
                  spec: OutputSpec, commit_record: Callable[[Counts], dict[bytes, bytes]],
-                 on_rows: Callable[[int], None] | None = None) -> Counts:
-    """Score every row of ``pf`` into ``tmp`` (a complete Parquet file when this returns)."""
+                 on_rows: Callable[[int], None] | None = None, filesystem=None) -> Counts:
+    """Score every row of ``pf`` into ``tmp`` (on ``filesystem``; a complete Parquet file when this returns)."""
     counts = Counts(rows_in=pf.metadata.num_rows)
-    writer = WriterThread(tmp, spec.schema(), cfg.compression, cfg.row_group_rows)
+    writer = WriterThread(tmp, spec.schema(), cfg.compression, cfg.row_group_rows, filesystem=filesystem)
     q: queue.Queue = queue.Queue(maxsize=cfg.prefetch_windows)
     stop = threading.Event()
     producer = threading.Thread(target=_produce, args=(pf, where, clf, cfg, rp, q, stop),
@@ -190,7 +194,7 @@ def _produce(pf: pq.ParquetFile, where: str, clf: Classifier, cfg: ScoreConfig, 
     try:
         window = cfg.batch_size * cfg.sort_window
         pin = clf.device.type == "cuda"
-        for pieces, rows_read in _windows(_read(pf, where, cfg, rp), window):
+        for pieces, rows_read in _windows(read_batches(pf, where, cfg, rp), window):
             if stop.is_set():
                 return
             if not pieces:  # everything read since the last window was filtered out: progress only
@@ -213,17 +217,22 @@ def _produce(pf: pq.ParquetFile, where: str, clf: Classifier, cfg: ScoreConfig, 
         _put(q, stop, exc)
 
 
-def _read(pf: pq.ParquetFile, where: str, cfg: ScoreConfig, rp: ReadPlan) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """Yield ``(filtered batch, rows read)``; a file whose partition fails the filter reads nothing."""
-    if rp.filter is not None and not rp.filter.partition_pass:
+def read_batches(pf: pq.ParquetFile, where: str, cfg: ScoreConfig,
+                 rp: ReadPlan) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """Yield ``(filtered batch, rows read)``; the rows of skipped row groups count as read and filtered out."""
+    groups = range(pf.metadata.num_row_groups) if rp.row_groups is None else rp.row_groups
+    skipped = pf.metadata.num_rows - sum(pf.metadata.row_group(i).num_rows for i in groups)
+    if skipped or not groups:
         yield pa.RecordBatch.from_pylist([], schema=pa.schema([pf.schema_arrow.field(c) for c in rp.read_columns])), \
-            pf.metadata.num_rows
+            skipped
+    if not groups:
         return
     try:
-        for batch in pf.iter_batches(batch_size=cfg.read_batch_rows, columns=list(rp.read_columns)):
+        for batch in pf.iter_batches(batch_size=cfg.read_batch_rows, columns=list(rp.read_columns),
+                                     row_groups=list(groups)):
             n = batch.num_rows
-            if rp.filter is not None and rp.filter.row_clauses:
-                batch = batch.filter(rp.filter.mask(batch))
+            if rp.filter is not None:
+                batch = rp.filter.apply(batch)
             yield batch, n
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{where}: cannot read Parquet data: {exc}") from None
