@@ -73,6 +73,7 @@ def test_run_table_and_compare_view_tell_two_pipelines_apart(mlflow_ui, two_pipe
     cells.first.wait_for(timeout=30_000)
     shown = {cells.nth(i).inner_text().strip() for i in range(cells.count())}
     assert {str(run.data.metrics["finetune.accuracy"]) for run in parents} <= shown, shown
+    cells.first.scroll_into_view_if_needed()  # the grid scrolls sideways to the new column
     page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
 
     # Expanding a pipeline run shows its six stage runs beneath it.
