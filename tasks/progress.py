@@ -282,7 +282,7 @@ def _number(v: float | None) -> str:
         return f"{v / 1e3:.1f}k"
     if float(v).is_integer():
         return str(int(v))
-    return f"{v:#.3g}" if a < 1000 else f"{v:.0f}"
+    return f"{v:#.3g}".rstrip(".") if a < 1000 else f"{v:.0f}"  # 3 digits, kept: 7.00, 0.0459, 907
 
 
 def _shown(key: str, value: float) -> str:

@@ -97,10 +97,11 @@ def test_json_lines_are_one_object_each_with_the_progress_fields(logger):
     clock = Clock()
     sink = StageProgress("score", [LogLines(log, 1.0, "json", clock)], clock=clock)
     clock.now += 2
-    sink.event(Progress(500, 1000, "rows", {"files_done": 1, "files_failed": 0}))
+    sink.event(Progress(500, 1000, "rows", {"files_done": 1, "files_failed": 0, "rows_per_s": 907.3}))
     message = json.loads(records[0].getMessage())
     assert message["stage"] == "score" and message["done"] == 500 and message["percent"] == 50.0
-    assert message["metrics"] == {"files_done": 1, "files_failed": 0}
+    assert message["metrics"] == {"files_done": 1, "files_failed": 0, "rows_per_s": 907.3}
+    assert sink.last.numbers() == "files_done 1 · files_failed 0 · 907 rows/s"
     line = JsonLines().format(records[0])
     assert "\n" not in line and json.loads(line)["unit"] == "rows" and json.loads(line)["level"] == "INFO"
     plain_record = logging.LogRecord("prefect", logging.WARNING, __file__, 1, "disk %s", ("full",), None)
@@ -117,6 +118,32 @@ def test_quiet_shows_nothing_and_no_terminal_means_log_lines(logger):
     with stage_progress("pretrain", ProgressOptions(log_format="json"), log, terminal=True) as sink:
         assert any(isinstance(v, LogLines) for v in sink.views)  # JSON is for machines: never a live display
     assert records == []
+
+
+def test_progress_lines_reach_the_prefect_run_logs(prefect_harness, tmp_path):
+    """What the Prefect UI shows for a flow run: its logs in the API, progress lines among them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    from bertflow.api import run_pipeline
+    from bertflow.tasks import tracking
+
+    task_logs = logging.getLogger("prefect.task_runs")
+    level = task_logs.level
+    task_logs.setLevel(logging.INFO)  # the test session keeps Prefect at WARNING; a user's default is INFO
+    try:
+        result = run_pipeline("tiny", stages=["ingest"], workspace=tmp_path / "ws",
+                              progress=ProgressOptions(log_interval_s=0.001))
+    finally:
+        task_logs.setLevel(level)
+    APILogWorker.drain_all(timeout=30)
+    flow_run_id = tracking.client(result.tracking_uri).get_run(result.parent_run_id).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    progress = [log.message for log in logs if re.match(r"ingest \d+/\d+ files \(\d+%\)", log.message)]
+    assert progress and all(log.task_run_id for log in logs if log.message in progress), [log.message for log in logs]
+    assert any("MB/s" in line for line in progress)
 
 
 @pytest.mark.slow
