@@ -32,9 +32,39 @@ _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # no space, file-size li
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust libraries (safetensors, tokenizers) report errno
 
 ProgressFn = Callable[[int, int], None]
-"""``on_progress(done, total)``; total may be 0 when unknown."""
+"""``on_progress(done, total)``; total may be 0 when unknown. Stages call it through :func:`report`."""
 MetricsFn = Callable[[int, dict[str, float]], None]
 """``on_metrics(step, {"loss": ..., ...})``."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a stage is, as a progress display shows it: ``done`` of ``total`` ``unit`` and what else it knows.
+
+    ``total`` is 0 when unknown; ``metrics`` are the stage's running headline numbers
+    (``loss``, ``tokens_per_s``, ``files_failed``, ...), not a history.
+    """
+
+    done: int
+    total: int
+    unit: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def report(on_progress: ProgressFn | None, done: int, total: int, unit: str, **metrics: float) -> None:
+    """Tell ``on_progress`` how far the stage is.
+
+    A display that wants the whole :class:`Progress` offers an ``event(progress)`` method
+    (``tasks.progress``); a plain ``on_progress(done, total)`` callback gets the counts. So
+    stages stay free of any display, and plain callbacks (tests, benchmarks) keep working.
+    """
+    if on_progress is None:
+        return
+    event = getattr(on_progress, "event", None)
+    if event is None:
+        on_progress(done, total)
+    else:
+        event(Progress(done, total, unit, {k: float(v) for k, v in metrics.items() if v is not None}))
 
 
 @dataclass(frozen=True)

@@ -23,19 +23,21 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "run_pipeline", "score", "load_config", "PipelineConfig", "PipelineResult", "StageRun"]
+__all__ = ["__version__", "run_pipeline", "score", "load_config", "PipelineConfig", "PipelineResult", "StageRun",
+           "ProgressOptions"]
 
 _LAZY = {
     "run_pipeline": "bertflow.api",
     "score": "bertflow.api",
     "PipelineResult": "bertflow.api",
     "StageRun": "bertflow.api",
+    "ProgressOptions": "bertflow.api",
     "load_config": "bertflow.bert_core.config",
     "PipelineConfig": "bertflow.bert_core.config",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from bertflow.api import PipelineResult, StageRun, run_pipeline, score
+    from bertflow.api import PipelineResult, ProgressOptions, StageRun, run_pipeline, score
     from bertflow.bert_core.config import PipelineConfig, load_config
 
 

@@ -25,9 +25,10 @@ from bertflow.bert_core.config import PipelineConfig, load_config
 from bertflow.bert_core.configtools import apply_overrides, evolve, from_dict, to_dict
 from bertflow.flows.pipeline import PipelineResult, check_stages, pipeline
 from bertflow.flows.workspace import Workspace, resolve
+from bertflow.tasks.progress import ProgressOptions
 from bertflow.tasks.stage_runner import StageRun
 
-__all__ = ["run_pipeline", "score", "resolve_config", "PipelineResult", "StageRun"]
+__all__ = ["run_pipeline", "score", "resolve_config", "PipelineResult", "StageRun", "ProgressOptions"]
 
 ConfigLike = str | os.PathLike | PipelineConfig | Mapping[str, Any] | None
 """A preset name (``"tiny"``), a YAML file, a :class:`PipelineConfig`, a plain mapping, or None (the defaults)."""
@@ -43,21 +44,25 @@ def resolve_config(config: ConfigLike = None, overrides: Sequence[str] = ()) -> 
 
 
 def run_pipeline(config: ConfigLike = None, *, stages: Sequence[str] | None = None,
-                 workspace: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> PipelineResult:
+                 workspace: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                 run_name: str | None = None, progress: ProgressOptions | None = None) -> PipelineResult:
     """Run ``stages`` (default: all six, always in pipeline order) on ``workspace``; returns what each stage did.
 
     Stages whose inputs, config and code are unchanged are reused, not recomputed
     (``result.stages[name].reused``); ``<workspace>/last_run.json`` holds the same summary.
+    ``run_name`` names the MLflow parent run (default: the config's name and the time);
+    ``progress`` says how stages show progress (``ProgressOptions(quiet=True)``, ``log_interval_s=...``).
     """
     cfg = resolve_config(config, overrides)
     chosen = check_stages(list(stages) if stages else None)  # a typo fails here, before Prefect starts
     root = Workspace(resolve(workspace)).ensure().root
-    return pipeline(config=cfg, workspace=str(root), stages=chosen)
+    return pipeline(config=cfg, workspace=str(root), stages=chosen, run_name=run_name,
+                    progress=progress or ProgressOptions())
 
 
 def score(input: str | os.PathLike, model: str | os.PathLike, output: str | os.PathLike | None = None, *,
           config: ConfigLike = None, workspace: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-          **settings: Any) -> StageRun:
+          run_name: str | None = None, progress: ProgressOptions | None = None, **settings: Any) -> StageRun:
     """Score the Parquet lake ``input`` with ``model`` into ``output``, exactly once; returns the score stage's run.
 
     ``model`` is a ``models:/name@alias`` or ``runs:/`` URI, or a local Hugging Face
@@ -65,7 +70,7 @@ def score(input: str | os.PathLike, model: str | os.PathLike, output: str | os.P
     ``output`` defaults to ``<workspace>/score/<job>`` (``job=`` or a name derived from the
     input). ``settings`` are keys of the ``score`` section (``batch_size=128``,
     ``where="dt >= '2026-11-02' AND lang = 'en'"``, ``overwrite=True``, ``runner="ray"``, ...);
-    ``config`` and ``overrides`` supply the rest as for :func:`run_pipeline`.
+    ``config``, ``overrides``, ``run_name`` and ``progress`` are as for :func:`run_pipeline`.
     A rerun skips the files already scored with the same input, model and settings.
     """
     cfg = resolve_config(config, overrides)
@@ -73,4 +78,5 @@ def score(input: str | os.PathLike, model: str | os.PathLike, output: str | os.P
     if output is not None:
         chosen["output"] = os.fspath(output)
     cfg = evolve(cfg, score=evolve(cfg.score, **chosen))
-    return run_pipeline(cfg, stages=["score"], workspace=workspace).stages["score"]
+    return run_pipeline(cfg, stages=["score"], workspace=workspace, run_name=run_name,
+                        progress=progress).stages["score"]

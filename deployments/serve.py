@@ -9,6 +9,7 @@ Serves the same two nightly deployments as ``prefect.yaml`` from this process
 from __future__ import annotations
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from bertflow.bert_core.config import PipelineConfig, load_config
 from bertflow.flows.pipeline import pipeline
@@ -17,6 +18,8 @@ TIMEZONE = "Europe/London"
 # The same settings as deployments/prefect.yaml (a test checks they agree).
 NIGHTLY_OVERRIDES = ["flow.continue_from_champion=true", "pretrain.budget_minutes=20"]
 SCORE_OVERRIDES = ["score.model_uri=models:/bertflow-tiny-books@champion"]
+# One run of each deployment at a time; an overlapping run waits its turn instead of failing on the workspace lock.
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def nightly_configs() -> dict[str, PipelineConfig]:
@@ -33,12 +36,14 @@ def build() -> list:
         cron="0 2 * * *",
         parameters={"config": configs["nightly-pipeline"], "workspace": "workspace"},
         tags=["bertflow", "nightly"],
+        concurrency_limit=ONE_AT_A_TIME,
     )
     score = pipeline.to_deployment(
         name="nightly-score",
         cron="30 4 * * *",
         parameters={"config": configs["nightly-score"], "workspace": "workspace", "stages": ["score"]},
         tags=["bertflow", "nightly"],
+        concurrency_limit=ONE_AT_A_TIME,
     )
     for dep in (nightly, score):
         for sched in dep.schedules or []:

@@ -2,7 +2,9 @@
 
 ``bertflow pipeline`` runs all six stages; ``bertflow ingest|vocab|mask|pretrain|
 finetune|score`` runs one, reading its inputs from the workspace. Every command
-takes the same ``--config``/``--set``/``--workspace`` options. User mistakes
+takes the same ``--config``/``--set``/``--workspace`` options, and the same output options:
+``--run-name`` (the MLflow parent run), ``--quiet``, ``--log-format text|json`` and
+``--log-interval`` (progress lines when stdout is not a terminal). User mistakes
 print one line and exit 2; bugs keep their traceback.
 """
 
@@ -13,7 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -23,6 +25,8 @@ from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
 from bertflow.bert_core.configtools import evolve, to_dict
 from bertflow.bert_core.errors import BertflowError
 from bertflow.flows import workspace as ws_mod
+from bertflow.tasks import console as console_mod
+from bertflow.tasks.progress import ProgressOptions
 
 if TYPE_CHECKING:  # the flow module imports Prefect: loaded only when a command runs
     from bertflow.flows.pipeline import PipelineResult
@@ -54,6 +58,15 @@ WorkspaceOpt = Annotated[
     typer.Option("--workspace", "-w", help=f"Where outputs and the MLflow store go (default ${ws_mod.ENV_VAR} or ./workspace)."),
 ]
 
+RunNameOpt = Annotated[
+    Optional[str], typer.Option("--run-name", help="Name of the MLflow parent run (default: config name and time).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no progress log lines.")]
+LogFormatOpt = Annotated[Literal["text", "json"], typer.Option(
+    "--log-format",
+    help="text, or json: every log line (progress included) one JSON object, and the summary as JSON.")]
+LogIntervalOpt = Annotated[float, typer.Option(
+    "--log-interval", min=0.1, help="Seconds between progress log lines when stdout is not a terminal.")]
+
 
 def _show_version(value: bool) -> None:
     if value:
@@ -70,13 +83,22 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_show_vers
 
 
 def _run_flow(stages: list[str], config: "str | PipelineConfig | None", overrides: list[str] | None,
-              workspace: str | None) -> None:
+              workspace: str | None, run_name: str | None = None, quiet: bool = False, log_format: str = "text",
+              log_interval: float = 30.0) -> None:
     # Validate what we can before Prefect starts, so user mistakes fail in milliseconds.
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides or [])
+    progress = ProgressOptions(quiet=quiet, log_format=log_format, log_interval_s=log_interval)
+    console_mod.quiet_third_parties()  # before the libraries load: they read some settings on import
     _quiet_prefect_tracebacks()
     from bertflow.api import run_pipeline
 
-    _print_summary(run_pipeline(cfg, stages=stages, workspace=workspace))
+    if log_format == "json":
+        console_mod.use_json_lines()  # for the rest of this process, Prefect's temporary server included
+    summary = run_pipeline(cfg, stages=stages, workspace=workspace, run_name=run_name, progress=progress)
+    if log_format == "json":
+        print(json.dumps({"event": "summary", **summary.to_json()}, default=str))
+    else:
+        _print_summary(summary)
 
 
 def _print_summary(summary: "PipelineResult") -> None:
@@ -133,15 +155,19 @@ def _quiet_prefect_tracebacks() -> None:
 
 @app.command()
 def pipeline(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None,
-             stages: Annotated[Optional[str], typer.Option(help="Comma-separated subset, e.g. mask,pretrain.")] = None) -> None:
+             stages: Annotated[Optional[str], typer.Option(help="Comma-separated subset, e.g. mask,pretrain.")] = None,
+             run_name: RunNameOpt = None, quiet: QuietOpt = False, log_format: LogFormatOpt = "text",
+             log_interval: LogIntervalOpt = 30.0) -> None:
     """Run the whole pipeline (ingest -> vocab -> mask -> pretrain -> finetune -> score)."""
     chosen = [s.strip() for s in stages.split(",")] if stages else list(STAGES)
-    _run_flow(chosen, config, set_, workspace)
+    _run_flow(chosen, config, set_, workspace, run_name, quiet, log_format, log_interval)
 
 
 def _stage_command(stage: str, doc: str):
-    def command(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
-        _run_flow([stage], config, set_, workspace)
+    def command(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None,
+                run_name: RunNameOpt = None, quiet: QuietOpt = False, log_format: LogFormatOpt = "text",
+                log_interval: LogIntervalOpt = 30.0) -> None:
+        _run_flow([stage], config, set_, workspace, run_name, quiet, log_format, log_interval)
 
     command.__doc__ = doc
     command.__name__ = stage
@@ -178,7 +204,8 @@ def score(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
               help="Job name: the default output folder <workspace>/score/<job> (default: from the input).")] = None,
           overwrite: Annotated[bool, typer.Option(
               "--overwrite", help="Replace an output that holds another input's results (else refused).")] = False,
-          ) -> None:
+          run_name: RunNameOpt = None, quiet: QuietOpt = False, log_format: LogFormatOpt = "text",
+          log_interval: LogIntervalOpt = 30.0) -> None:
     """Score a Parquet lake (score.input) with the fine-tuned model or score.model_uri; writes Parquet, exactly once."""
     chosen = {k: v for k, v in (("runner", runner), ("ray_address", ray_address), ("model_uri", model),
                                 ("input", input), ("output", output), ("where", where), ("job", job),
@@ -186,7 +213,7 @@ def score(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
     cfg = load_config(config, set_ or [])
     if chosen:
         cfg = evolve(cfg, score=evolve(cfg.score, **chosen))
-    _run_flow(["score"], cfg, [], workspace)
+    _run_flow(["score"], cfg, [], workspace, run_name, quiet, log_format, log_interval)
 
 
 @app.command("config")

@@ -10,7 +10,6 @@ run per flow run, one nested run per stage.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +23,9 @@ from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.score.destination import default_output
 from bertflow.flows.workspace import Workspace, resolve
-from bertflow.tasks import champion, tracking
+from bertflow.tasks import champion, console, parent_run, tracking
 from bertflow.tasks import stages as stage_tasks
+from bertflow.tasks.progress import ProgressOptions
 from bertflow.tasks.stage_runner import StageRun, TrackingContext
 
 
@@ -55,6 +55,8 @@ def pipeline(
     config: PipelineConfig = PipelineConfig(),
     workspace: str | None = None,
     stages: list[Stage] | None = None,
+    run_name: str | None = None,
+    progress: ProgressOptions = ProgressOptions(),
 ) -> PipelineResult:
     """Run the chosen stages of bertflow on one workspace and return what each did.
 
@@ -62,11 +64,14 @@ def pipeline(
         config: every stage's settings (`bertflow config -c tiny` prints a preset's values).
         workspace: where outputs and the MLflow store go; default `$BERTFLOW_WORKSPACE` or `./workspace`.
         stages: a subset of ingest, vocab, mask, pretrain, finetune, score (run in pipeline order); default all six.
+        run_name: the MLflow parent run's name; default the config's name and the start time.
+        progress: how stages show progress: live in a terminal, else a log line every `log_interval_s` seconds.
     """
     chosen = check_stages(stages)
     ws = Workspace(resolve(workspace)).ensure()
-    with ws.locked():
-        return _run(config, chosen, ws)
+    console.quiet_third_parties()
+    with console.log_format(progress.log_format), ws.locked():
+        return _run(config, chosen, ws, run_name, progress)
 
 
 def check_stages(stages: list[str] | None) -> list[str]:
@@ -78,36 +83,30 @@ def check_stages(stages: list[str] | None) -> list[str]:
     return [s for s in STAGES if s in chosen]
 
 
-def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace) -> PipelineResult:
+def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, run_name: str | None,
+         progress: ProgressOptions) -> PipelineResult:
     logger = get_run_logger()
     uri = tracking.configure(ws.root)
     exp_id = tracking.ensure_experiment(uri, cfg.name, ws.root)
     flow_run = get_run_context().flow_run
-    parent = tracking.start_run(
-        uri,
-        exp_id,
-        run_name=f"{flow_run.name}" if len(chosen) == len(STAGES) else f"{'+'.join(chosen)} ({flow_run.name})",
-        tags={"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": flow_run.name,
-              "bertflow.stages": ",".join(chosen), "bertflow.config_name": cfg.name},
-    )
-    ctx = TrackingContext(uri, exp_id, parent, str(ws.root), str(flow_run.id))
+    parent = parent_run.start(uri, exp_id, cfg, chosen, flow_run, str(ws.root), run_name)
+    ctx = TrackingContext(uri, exp_id, parent.run_id, str(ws.root), str(flow_run.id), progress)
     base = None
     if cfg.flow.continue_from_champion and "pretrain" in chosen:
         base, why = champion.find_base(uri, cfg.finetune.registered_model_name)
         logger.info("continue_from_champion: %s", why if base else f"{why}; pretraining from scratch")
-        tracking.set_tags(uri, parent, {"bertflow.continued_from": f"{base.name} v{base.version}" if base else "none"})
+        tracking.set_tags(uri, parent.run_id, {"bertflow.continued_from": f"{base.name} v{base.version}" if base else "none"})
         if base is not None:
             cfg = evolve(cfg, pretrain=evolve(cfg.pretrain, init_from=base.path))
-    tracking.log_params(uri, parent, cfg.as_dict())
-    tracking.log_dict(uri, parent, cfg.as_dict(), "config.yaml")
+    tracking.log_params(uri, parent.run_id, cfg.as_dict())
+    tracking.log_dict(uri, parent.run_id, cfg.as_dict(), "config.yaml")
     results: dict[str, StageRun] = {}
-    t0 = time.perf_counter()
-    with tracking.run_scope(uri, parent):
+    with tracking.run_scope(uri, parent.run_id), parent.recording(results):
         for stage in chosen:
             results[stage] = _run_one(stage, cfg, ws, ctx, base)
-        tracking.log_metrics(uri, parent, {"pipeline_seconds": time.perf_counter() - t0})
-    summary = PipelineResult(workspace=str(ws.root), tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent,
-                             mlflow_run_url=tracking.run_url(uri, exp_id, parent), stages=results)
+    summary = PipelineResult(workspace=str(ws.root), tracking_uri=uri, experiment_id=exp_id,
+                             parent_run_id=parent.run_id, mlflow_run_url=tracking.run_url(uri, exp_id, parent.run_id),
+                             stages=results)
     ws.last_run.write_text(json.dumps(summary.to_json(), indent=2, default=str))
     _publish_summary(summary)
     done = [f"{s} reused" if r.reused else f"{s} {r.seconds:.1f}s" for s, r in results.items()]
@@ -157,19 +156,13 @@ def _publish_summary(summary: PipelineResult) -> None:
         "",
         f"MLflow parent run: [{summary.parent_run_id}]({summary.mlflow_run_url})",
         "",
-        "| stage | seconds | reused | output | headline metrics | MLflow run |",
-        "|---|---:|---|---|---|---|",
+        *parent_run.stage_table(summary.stages, lambda run_id: tracking.run_url(summary.tracking_uri,
+                                                                                 summary.experiment_id, run_id)),
+        "",
+        *[f"- {stage}: `{r.path}`" for stage, r in summary.stages.items()],
     ]
-    for stage, r in summary.stages.items():
-        head = ", ".join(f"{k}={_fmt(v)}" for k, v in list(r.metrics.items())[:4])
-        url = tracking.run_url(summary.tracking_uri, summary.experiment_id, r.run_id)
-        reused = "yes" if r.reused else "no"
-        lines.append(f"| {stage} | {r.seconds:.1f} | {reused} | `{r.path}` | {head} | [{r.run_id[:8]}]({url}) |")
     try:
         create_markdown_artifact("\n".join(lines), key="pipeline-summary", description="bertflow pipeline summary")
     except Exception:
         pass
 
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

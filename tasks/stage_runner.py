@@ -1,9 +1,9 @@
 """The plumbing every stage task shares: a nested MLflow run, callbacks, a returned summary.
 
 ``bert_core`` stages take ``on_metrics``/``on_progress`` callbacks and return a
-``StageResult``; this module plugs MLflow metrics and a Prefect progress
-artifact into those callbacks and turns the result into a :class:`StageRun`
-(paths and counts only, never data) for the flow.
+``StageResult``; this module plugs MLflow metrics and the progress display
+(``tasks.progress``: terminal, log lines, Prefect artifact) into those callbacks and
+turns the result into a :class:`StageRun` (paths and counts only, never data) for the flow.
 """
 
 from __future__ import annotations
@@ -16,26 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import (create_link_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.stageio import MANIFEST, StageResult
 from bertflow.tasks import lineage, reuse, tracking
+from bertflow.tasks.progress import ProgressOptions, stage_progress
 
 
 @dataclass(frozen=True)
 class TrackingContext:
-    """Where a flow's MLflow runs go; passed to every stage task (small and picklable)."""
+    """Where a flow's MLflow runs go, and how stages show progress; passed to every stage task (small, picklable)."""
 
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
     workspace: str
     flow_run_id: str = ""
+    progress: ProgressOptions = ProgressOptions()
 
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "progress": self.progress.model_dump()}
 
 
 @dataclass(frozen=True)
@@ -77,33 +78,6 @@ class StageRun:
         if isinstance(data.get("registry"), dict):
             data["registry"] = Registration(**data["registry"])
         return cls(**{"details": {}, "metrics": {}, **data})
-
-
-class ProgressReporter:
-    """A Prefect progress artifact, updated at most every ``every_s`` seconds."""
-
-    def __init__(self, stage: str, every_s: float = 2.0) -> None:
-        self.stage = stage
-        self.every_s = every_s
-        self._last = 0.0
-        self._artifact_id = None
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        final = total > 0 and done >= total
-        if not final and now - self._last < self.every_s:
-            return
-        self._last = now
-        pct = min(100.0, 100.0 * done / total) if total > 0 else 0.0
-        try:
-            if self._artifact_id is None:
-                self._artifact_id = create_progress_artifact(
-                    pct, key=f"{self.stage}-progress", description=f"{self.stage}: {done}/{total or '?'}"
-                )
-            else:
-                update_progress_artifact(self._artifact_id, pct, description=f"{self.stage}: {done}/{total or '?'}")
-        except Exception:  # progress must never break a stage (e.g. outside a run context)
-            pass
 
 
 def run_stage(
@@ -154,7 +128,8 @@ def run_stage(
     t0 = time.perf_counter()
     with tracking.run_scope(uri, run_id):
         with tracking.system_metrics(uri, run_id):
-            result = body(on_metrics, ProgressReporter(stage))
+            with stage_progress(stage, ctx.progress, logger) as on_progress:
+                result = body(on_metrics, on_progress)
         seconds = time.perf_counter() - t0
         tracking.log_metrics(uri, run_id, {**result.metrics, "stage_seconds": seconds})
         _log_manifest(uri, run_id, result.path)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (REPO, S3_ENV, TINY_OVERRIDES, Bucket, build_tiny_classifier, free_port, make_bucket,
-                           moto_server_cmd, running)
+from tests.helpers import (REPO, S3_ENV, TINY_OVERRIDES, Bucket, CliRun, bertflow_cli, bertflow_in_terminal,
+                           build_tiny_classifier, free_port, make_bucket, moto_server_cmd, running, user_env)
 
 # Before anything imports prefect: keep its database and settings out of ~/.prefect.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="bertflow-test-prefect-")
@@ -56,6 +56,30 @@ def tiny_pipeline(prefect_harness, tmp_path_factory):
 
     ws = tmp_path_factory.mktemp("tiny-ws")
     return ws, run_pipeline("tiny", workspace=ws, overrides=TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def cli_pipelines(tmp_path_factory):
+    """Two tiny pipelines run by the `bertflow` command as `make demo` runs it, in one workspace: the first on a
+    terminal (``finetune.lr`` 0.001), the second without one (0.003: it reuses ingest to pretrain) writing progress
+    lines every second. Returns the workspace and a :class:`CliRun` per run.
+    """
+    import json
+
+    ws = tmp_path_factory.mktemp("cli-ws")
+    env = user_env(PREFECT_HOME=str(tmp_path_factory.mktemp("cli-prefect-home")))
+    sets = [arg for o in (*TINY_OVERRIDES, "finetune.epochs=2") for arg in ("--set", o)]
+    runs = []
+    for lr, terminal in (("0.001", True), ("0.003", False)):
+        args = ["pipeline", "--config", "tiny", "--workspace", str(ws), *sets, "--set", f"finetune.lr={lr}"]
+        if terminal:
+            code, output = bertflow_in_terminal(args, env)
+        else:
+            proc = bertflow_cli([*args, "--log-interval", "1"], env)
+            code, output = proc.returncode, proc.stdout
+        assert code == 0, output[-5000:]
+        runs.append(CliRun(float(lr), terminal, output, json.loads((ws / "last_run.json").read_text())))
+    return ws, runs
 
 
 @pytest.fixture(scope="module")

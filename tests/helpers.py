@@ -742,3 +742,83 @@ def make_hive_lake(root: Path, days: int, rows: int, seed: int = 0, files_per_da
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, path, row_group_size=row_group_rows)
     return day_values
+# ================================================================================ the command line as a user meets it
+# `bertflow` in a subprocess, as `make demo` runs it: with or without a terminal, in a user's environment
+# (Prefect's own temporary server, default log level), and readers for what it printed.
+TEST_ONLY_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM")
+ANSI = r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07"  # colours, cursor moves, erase-line, window titles
+WARNING_LINE = r"Warning\b|\bWARNING\b|\bwarn(ing)?:"
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """One `bertflow pipeline` run of the ``cli_pipelines`` fixture."""
+
+    lr: float  # its finetune.lr
+    terminal: bool  # run on a pseudo-terminal
+    output: str  # everything it printed (stdout and stderr, in order; on a terminal, with its control codes)
+    summary: dict  # its <workspace>/last_run.json
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """This environment without the settings the test session adds for itself (``extra`` on top)."""
+    env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY_ENV}
+    env.update(extra)
+    return env
+
+
+def bertflow_cli(args: Sequence[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m bertflow ARGS`` without a terminal; stdout and stderr merged, in the order written."""
+    return subprocess.run([sys.executable, "-m", "bertflow", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def bertflow_in_terminal(args: Sequence[str], env: dict[str, str], cols: int = 160, rows: int = 50,
+                         timeout: float = 600) -> tuple[int, str]:
+    """``python -m bertflow ARGS`` on a pseudo-terminal of ``cols`` x ``rows``: exit code and every byte it drew."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "bertflow", *args], cwd=REPO, env={**env, "TERM": "xterm-256color"},
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 1 << 16)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.close(master)
+    return proc.returncode, out.decode("utf-8", "replace")
+
+
+def plain(output: str) -> str:
+    """Terminal output without colours and cursor control; each redraw of a live line becomes a line of its own."""
+    import re
+
+    return re.sub(ANSI, "", output).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def warning_lines(output: str) -> list[str]:
+    """The lines of ``output`` that report a warning (Python warnings, WARNING log records)."""
+    import re
+
+    return [line for line in plain(output).splitlines() if re.search(WARNING_LINE, line)]

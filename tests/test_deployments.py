@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -27,7 +29,8 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
+           "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1"}  # a queued run retries after 1 s
     env.pop("PREFECT_API_URL", None)
     api = f"http://127.0.0.1:{port}/api"
     with running([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -42,21 +45,26 @@ def prefect(args, env, timeout=180):
     return proc.stdout
 
 
+@pytest.fixture(scope="module")
+def deployed(prefect_server):
+    """The process work pool and the deployments of deployments/prefect.yaml, on the real server."""
+    api, env = prefect_server
+    env = {**env, "BERTFLOW_HOME": str(REPO)}
+    prefect(["work-pool", "create", "bertflow-process", "--type", "process"], env)
+    out = prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+    assert "nightly-pipeline" in out and "nightly-score" in out
+    deps = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+    return api, env, {d["name"]: d for d in deps}
+
+
 def test_server_binds_loopback_only(prefect_server):
     api, _ = prefect_server
     assert api.startswith("http://127.0.0.1:")
 
 
-def test_deploy_trigger_and_work_the_nightly_pipeline(prefect_server, tiny_pipeline, tmp_path):
-    api, env = prefect_server
+def test_deploy_trigger_and_work_the_nightly_pipeline(deployed, tiny_pipeline, tmp_path):
+    api, env, by_name = deployed
     ws, first = tiny_pipeline
-    env = {**env, "BERTFLOW_HOME": str(REPO)}
-    prefect(["work-pool", "create", "bertflow-process", "--type", "process"], env)
-    out = prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
-    assert "nightly-pipeline" in out and "nightly-score" in out
-
-    deps = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-    by_name = {d["name"]: d for d in deps}
     assert set(by_name) >= {"nightly-pipeline", "nightly-score"}
     sched = by_name["nightly-pipeline"]["schedules"][0]["schedule"]
     assert sched["cron"] == "0 2 * * *" and sched["timezone"] == "Europe/London"
@@ -69,8 +77,7 @@ def test_deploy_trigger_and_work_the_nightly_pipeline(prefect_server, tiny_pipel
     # Trigger the pipeline deployment on the workspace the tiny run already filled, with the tiny run's config:
     # every stage is reused, so this exercises deploy -> schedule -> worker -> flow run -> MLflow without retraining.
     params = json.dumps({"workspace": str(ws), "config": load_config("tiny", TINY_OVERRIDES).model_dump(mode="json")})
-    out = prefect(["deployment", "run", "pipeline/nightly-pipeline", "--params", params], env)
-    flow_run_id = next(tok for tok in out.replace("'", " ").split() if len(tok) == 36 and tok.count("-") == 4)
+    flow_run_id = trigger("nightly-pipeline", params, env)
 
     worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "bertflow-process", "--run-once"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
@@ -84,6 +91,48 @@ def test_deploy_trigger_and_work_the_nightly_pipeline(prefect_server, tiny_pipel
     children = client.search_runs([first.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
     assert len(children) == 6
+
+
+def test_overlapping_runs_queue_instead_of_failing(deployed, tmp_path):
+    """Two runs of a nightly deployment at once: the second waits for the first (deployment concurrency limit 1,
+    ENQUEUE) rather than failing on the workspace lock, and both complete."""
+    api, env, by_name = deployed
+    for name in ("nightly-pipeline", "nightly-score"):
+        assert by_name[name]["global_concurrency_limit"]["limit"] == 1, name
+        assert by_name[name]["concurrency_options"]["collision_strategy"] == "ENQUEUE", name
+    ws = tmp_path / "ws"
+    params = json.dumps({"workspace": str(ws), "stages": ["ingest"],
+                         "config": load_config("tiny", TINY_OVERRIDES).model_dump(mode="json")})
+    runs = [trigger("nightly-pipeline", params, env) for _ in range(2)]
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "bertflow-process"], cwd=tmp_path,
+                              env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        states = wait_final(api, runs, timeout_s=400)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+    assert [s["type"] for s in states] == ["COMPLETED", "COMPLETED"], states
+    history = [[s["name"] for s in httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id},
+                                              timeout=10).json()] for run_id in runs]
+    assert any("AwaitingConcurrencySlot" in names for names in history), history
+
+
+def trigger(deployment: str, params: str, env: dict[str, str]) -> str:
+    """Create a flow run of ``deployment`` (``prefect deployment run``); returns its id."""
+    out = prefect(["deployment", "run", f"pipeline/{deployment}", "--params", params], env)
+    return next(tok for tok in out.replace("'", " ").split() if len(tok) == 36 and tok.count("-") == 4)
+
+
+def wait_final(api: str, run_ids: list[str], timeout_s: float) -> list[dict]:
+    """The states of ``run_ids`` once all are final (or as they are at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = [httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"] for run_id in run_ids]
+        if all(s["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states) \
+                or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
 
 
 def check_run_form(schema: dict) -> None:
@@ -122,6 +171,9 @@ def test_serve_py_matches_prefect_yaml():
         got = dict(dep.parameters)
         assert got.pop("config") == config, name
         assert got == want, name
+        limit = by_name[name]["concurrency_limit"]
+        assert (dep.concurrency_limit, dep.concurrency_options.collision_strategy.value) == (
+            limit["limit"], limit["collision_strategy"]) == (1, "ENQUEUE"), name
         (sched,) = dep.schedules
         assert sched.schedule.cron == want_cron(by_name[name]) and sched.schedule.timezone == "Europe/London"
     assert served["nightly-pipeline"].parameters["config"].flow.continue_from_champion

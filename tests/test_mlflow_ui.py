@@ -1,7 +1,8 @@
-"""A real browser on the MLflow UI: two pipeline runs, their nested stage runs, and the compare view.
+"""A real browser on the MLflow UI: two pipeline runs told apart in the run table and the compare view.
 
-Starts `mlflow server` on 127.0.0.1 over the tiny pipeline's store and drives Debian's Chromium with
-Playwright (no browser download). Saves screenshots under test-artifacts/.
+Starts `mlflow server` on 127.0.0.1 over the store of the ``cli_pipelines`` fixture (two tiny pipelines run by
+the `bertflow` command, ``finetune.lr`` 0.001 and 0.003) and drives Debian's Chromium with Playwright (no browser
+download). Screenshots go to the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -11,40 +12,31 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from bertflow.tasks import tracking
-from tests.helpers import REPO, TINY_OVERRIDES, free_port, running
+from tests.helpers import free_port, running
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = REPO / "test-artifacts"
-
-
-def parent_runs(client: MlflowClient, exp_id: str):
-    runs = client.search_runs([exp_id], filter_string="tags.`bertflow.stages` = 'ingest,vocab,mask,pretrain,finetune,score'")
-    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
 
 @pytest.fixture(scope="module")
-def two_pipeline_runs(tiny_pipeline):
-    ws, summary = tiny_pipeline
-    client = tracking.client(summary.tracking_uri)
-    if len(parent_runs(client, summary.experiment_id)) < 2:
-        from bertflow.api import run_pipeline
-
-        run_pipeline("tiny", workspace=ws, overrides=TINY_OVERRIDES)
-    runs = parent_runs(client, summary.experiment_id)[:2]
-    assert len(runs) == 2
-    return summary, runs
+def two_pipeline_runs(cli_pipelines):
+    """The store, experiment and the two parent runs (oldest first)."""
+    _, runs = cli_pipelines
+    uri, exp = runs[0].summary["tracking_uri"], runs[0].summary["experiment_id"]
+    client = tracking.client(uri)
+    parents = [client.get_run(run.summary["parent_run_id"]) for run in runs]
+    assert [p.data.params["finetune.lr"] for p in parents] == ["0.001", "0.003"]
+    return uri, exp, parents
 
 
 @pytest.fixture(scope="module")
 def mlflow_ui(two_pipeline_runs):
-    summary, _ = two_pipeline_runs
+    uri, _, _ = two_pipeline_runs
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", summary.tracking_uri,
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with running(cmd, f"{url}/health", timeout=90):
         yield url
@@ -65,29 +57,40 @@ def browser():
         b.close()
 
 
-def test_runs_nested_stages_and_compare_view(mlflow_ui, two_pipeline_runs, browser):
-    summary, runs = two_pipeline_runs
-    exp = summary.experiment_id
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+def test_run_table_and_compare_view_tell_two_pipelines_apart(mlflow_ui, two_pipeline_runs, browser, tmp_path):
+    _, exp, parents = two_pipeline_runs
+    page = browser.new_page(viewport={"width": 1800, "height": 1000})
 
+    # The experiment's run table: both parent runs, by name, with their fine-tuned accuracy as a column.
     page.goto(f"{mlflow_ui}/#/experiments/{exp}/runs")
-    for run in runs:
+    for run in parents:
         page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Columns").click()
+    page.get_by_placeholder("Search columns").fill("finetune.accuracy")
+    page.get_by_text("finetune.accuracy", exact=True).first.click()
+    page.keyboard.press("Escape")
+    cells = page.locator("[role=gridcell][col-id='metrics.`finetune.accuracy`']")
+    cells.first.wait_for(timeout=30_000)
+    shown = {cells.nth(i).inner_text().strip() for i in range(cells.count())}
+    assert {str(run.data.metrics["finetune.accuracy"]) for run in parents} <= shown, shown
+    cells.first.scroll_into_view_if_needed()  # the grid scrolls sideways to the new column
+    page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
 
-    # Expand the first pipeline run: its six stage runs appear beneath it.
-    name_cell = page.locator("[role=gridcell][col-id='attributes.`Run Name`']", has_text=runs[0].info.run_name)
+    # Expanding a pipeline run shows its six stage runs beneath it.
+    name_cell = page.locator("[role=gridcell][col-id='attributes.`Run Name`']", has_text=parents[0].info.run_name)
     name_cell.first.locator("button").first.click()
     for stage in ("ingest", "vocab", "mask", "pretrain", "finetune", "score"):
         page.get_by_text(stage, exact=True).first.wait_for(timeout=30_000)
-        assert page.get_by_text(stage, exact=True).count() >= 1, stage
-    page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"))
+    page.screenshot(path=str(tmp_path / "mlflow-runs-expanded.png"))
 
-    ids = ",".join(f'"{r.info.run_id}"' for r in runs)
+    # The compare view of the two: the parameter that differs, with both values.
+    ids = ",".join(f'"{run.info.run_id}"' for run in parents)
     page.goto(f"{mlflow_ui}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp}\"]")
-    page.get_by_text("pipeline_seconds").first.wait_for(timeout=60_000)
-    assert page.get_by_text("pipeline_seconds").count() >= 1
-    for run in runs:
-        page.get_by_text(run.info.run_name).first.wait_for(timeout=30_000)
-    page.screenshot(path=str(ARTIFACTS / "mlflow-compare.png"), full_page=True)
+    row = page.locator("tr", has=page.get_by_text("finetune.lr", exact=True))
+    row.first.wait_for(timeout=60_000)
+    row.first.scroll_into_view_if_needed()
+    cells = row.first.locator("th, td")
+    assert sorted(cells.nth(i).inner_text().strip() for i in range(cells.count())) == ["0.001", "0.003", "finetune.lr"]
+    page.screenshot(path=str(tmp_path / "mlflow-compare.png"))
     page.close()
+    assert all((tmp_path / f"mlflow-{name}.png").stat().st_size > 0 for name in ("runs", "runs-expanded", "compare"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -10,7 +12,7 @@ import pytest
 
 from bertflow.bert_core.config import STAGES
 from bertflow.tasks import tracking
-from tests.helpers import TINY_OVERRIDES
+from tests.helpers import REPO, TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +52,38 @@ def test_mlflow_has_one_parent_and_six_nested_stage_runs(tiny_run):
     assert by_stage["pretrain"].data.metrics["steps"] == 30
     assert "loss" in by_stage["pretrain"].data.metrics
     assert by_stage["ingest"].data.metrics["docs_out"] >= 5
+    # Training curves carry their steps, so the charts view draws them.
+    assert [m.step for m in client.get_metric_history(by_stage["pretrain"].info.run_id, "loss")] == [10, 20, 30]
+    epochs = by_stage["finetune"].data.metrics["epochs_run"]
+    assert len({m.step for m in client.get_metric_history(by_stage["finetune"].info.run_id, "valid_accuracy")}) == epochs
+
+
+def test_parent_run_compares_at_a_glance(tiny_run):
+    """Named after config and time, described, tagged with code and device, stage headlines copied onto it."""
+    import bertflow
+
+    ws, summary = tiny_run
+    client = tracking.client(summary.tracking_uri)
+    parent = client.get_run(summary.parent_run_id)
+    assert re.fullmatch(r"bertflow-tiny \d{4}-\d\d-\d\d \d\d:\d\d", parent.info.run_name)
+    tags = parent.data.tags
+    assert tags["bertflow.version"] == bertflow.__version__ and tags["bertflow.device"] == "cpu"
+    if (REPO / ".git").exists():
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        assert tags["bertflow.git_commit"] == head.strip() == tags["mlflow.source.git.commit"]
+    note = tags["mlflow.note.content"]
+    assert "finished in" in note and summary.stages["finetune"].run_id in note
+    (prefect_line,) = [line for line in note.splitlines() if line.startswith("Prefect flow run: ")]
+    assert f"{tags['prefect.flow_run_name']} ({tags['prefect.flow_run_id']})" in prefect_line
+    assert f"/runs/flow-run/{tags['prefect.flow_run_id']})" in prefect_line  # this API serves a UI: a link to it
+    assert all(f"| {stage} |" in note for stage in STAGES)
+    metrics = parent.data.metrics
+    for stage, key in [("pretrain", "final_loss"), ("pretrain", "mlm_accuracy"), ("finetune", "accuracy"),
+                       ("score", "rows_per_s"), ("ingest", "docs_out")]:
+        assert metrics[f"{stage}.{key}"] == pytest.approx(summary.stages[stage].metrics[key]), (stage, key)
+    assert set(STAGES) == {k.split(".")[0] for k in metrics if k.endswith(".seconds")}
+    read = {d.dataset.name for d in parent.inputs.dataset_inputs}  # what the pipeline read from outside
+    assert {"train:train.csv", "lake:lake"} <= read and not any(n.startswith(("corpus:", "data:")) for n in read)
 
 
 def test_finetuned_model_is_registered_and_scores_every_row(tiny_run):
@@ -99,6 +133,9 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(tiny_run, tmp_path):
     assert again.parent_run_id != first.parent_run_id
     assert not changed.stages["score"].reused  # a config change recomputes that stage
     assert changed.stages["score"].path == str(tmp_path / "p") and (tmp_path / "p" / "manifest.json").is_file()
+    scored = tracking.client(changed.tracking_uri).get_run(changed.parent_run_id)  # the scored lake's run
+    assert scored.info.run_name.startswith("bertflow-tiny score ") and "| score |" in scored.data.tags["mlflow.note.content"]
+    assert scored.data.metrics["score.rows_per_s"] > 0 and "pretrain.final_loss" not in scored.data.metrics
 
 
 def test_lineage_datasets_chain_stage_outputs_to_the_next_inputs(tiny_run):

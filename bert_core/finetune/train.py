@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from bertflow.bert_core.finetune.batching import bucketed_batches, collate
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.encode import IGNORE, Encoded
-from bertflow.bert_core.finetune.evaluate import Evaluation
+from bertflow.bert_core.finetune.evaluate import HEADLINE, Evaluation
 from bertflow.bert_core.finetune.model import autocast
 from bertflow.bert_core.optim import Schedule, build_optimizer, set_lr
-from bertflow.bert_core.stageio import MetricsFn, ProgressFn
+from bertflow.bert_core.stageio import MetricsFn, ProgressFn, report
 
 
 @dataclass
@@ -64,6 +64,7 @@ def train(
     num_labels = model.config.num_labels
 
     step, best, best_epoch, bad_epochs = 0, -math.inf, 0, 0
+    shown: dict[str, float] = {}  # the last validation's headline, for progress displays
     best_state, best_eval = None, None
     history: list[dict] = []
     stop_reason = "epochs"
@@ -96,8 +97,7 @@ def train(
                 loss_n = 0
                 if on_metrics:
                     on_metrics(step, {"train_loss": mean_loss, "lr": schedule.lr_at(step), "epoch": epoch})
-                if on_progress:
-                    on_progress(step, total_steps)
+                report(on_progress, step, total_steps, "steps", epoch=epoch, loss=mean_loss, **shown)
             if step >= total_steps:
                 out_of_budget, stop_reason = True, "max_steps"
                 break
@@ -111,6 +111,8 @@ def train(
         history.append(record)
         if on_metrics:
             on_metrics(step, {"valid_" + k: v for k, v in ev.metrics.items()} | {"epoch": epoch})
+        shown = {"valid_" + HEADLINE[cfg.task]: ev.headline}
+        report(on_progress, step, total_steps, "steps", epoch=epoch, **shown)
         if ev.headline > best:
             best, best_epoch, bad_epochs, best_eval = ev.headline, epoch, 0, ev
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -123,8 +125,7 @@ def train(
         if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
             stop_reason = "early_stopping"
             break
-    if on_progress:
-        on_progress(total_steps, total_steps)
+    report(on_progress, total_steps, total_steps, "steps", epoch=epoch, **shown)
     assert best_state is not None and best_eval is not None
     model.load_state_dict(best_state)
     return TrainOutcome(best_epoch, epoch, step, best_eval, stop_reason, history, best_eval_fp32=amp_dtype is None)

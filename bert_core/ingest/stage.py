@@ -32,7 +32,7 @@ from bertflow.bert_core.ingest.readers import FileRejected, ReadStats, iter_raw_
 from bertflow.bert_core.ingest.schema import CORPUS_SCHEMA
 from bertflow.bert_core.ingest.sentences import SPLITTER_VERSION
 from bertflow.bert_core.ingest.shards import FINGERPRINT_SALT, FileStaging, ShardWriter
-from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, write_manifest
+from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, report, write_manifest
 
 MiB = 1 << 20
 DROP_REASONS = ("null_text", "empty", "too_short", "duplicate")
@@ -173,6 +173,8 @@ class _Ingestion:
         self.inputs: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
         self.files_done = 0
+        self.bytes_done = 0
+        self.started = time.perf_counter()
         self._file = _FileState()
 
     def run(self, files: list[InputFile], submit: _Submit, workers: int, on_progress: ProgressFn | None) -> None:
@@ -233,8 +235,10 @@ class _Ingestion:
             self._reject_file(f, *payload)
         self._file = _FileState()
         self.files_done += 1
-        if on_progress is not None:
-            on_progress(self.files_done, n_files)
+        self.bytes_done += f.size
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        report(on_progress, self.files_done, n_files, "files", mb_per_s=self.bytes_done / MiB / seconds,
+               docs=self.totals["docs_out"])
 
     def _add_prepared(self, f: InputFile, prepared: PreparedBatch) -> None:
         state, seen, staging, dedup = self._file, self.seen, self.staging, self.cfg.dedup

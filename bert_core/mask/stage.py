@@ -34,7 +34,7 @@ from bertflow.bert_core.mask.shards import plan_shards, write_shard
 from bertflow.bert_core.mask.tokenizer import load_tokenizer, word_starts_of
 from bertflow.bert_core.mask.worker import UnitJob, UnitResult, process_unit
 from bertflow.bert_core.orphans import exit_with, worker_start_method
-from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, write_manifest
+from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, report, write_manifest
 
 PARTS_DIR = ".parts"
 
@@ -48,16 +48,21 @@ def run(cfg: MaskConfig, corpus_dir: str | Path, tokenizer_dir: str | Path, out_
     units = plan_units(corpus, cfg.unit_mb)
     if not units:
         raise InputError(f"corpus {corpus.path} holds no documents (re-run the ingest stage)")
-    progress = on_progress or (lambda done, total: None)
     with atomic_dir(out_dir) as tmp, _pool(cfg.num_workers, len(units)) as pool:
         parts_dir = tmp / PARTS_DIR
         parts_dir.mkdir()
         # largest units first, so no worker is left with a big one at the end (results are sorted back)
         jobs = [UnitJob(u, cfg, str(tokenizer_dir), str(parts_dir)) for u in sorted(units, key=lambda u: -u.chars)]
-        total_steps = len(jobs) + 1
-        results: list[UnitResult] = sorted(
-            _map(pool, process_unit, jobs, lambda done: progress(done, total_steps)), key=lambda r: r.unit
-        )
+        total_steps = len(jobs) + 1  # the work units, then writing the shards
+        tokens_done = 0
+
+        def unit_done(done: int, result: UnitResult) -> None:
+            nonlocal tokens_done
+            tokens_done += result.tokens
+            report(on_progress, done, total_steps, "work units",
+                   tokens_per_s=tokens_done / max(time.perf_counter() - started, 1e-9))
+
+        results: list[UnitResult] = sorted(_map(pool, process_unit, jobs, unit_done), key=lambda r: r.unit)
         t_units = time.perf_counter()
         totals = _totals(results)
         if totals["sequences"] == 0:
@@ -65,13 +70,12 @@ def run(cfg: MaskConfig, corpus_dir: str | Path, tokenizer_dir: str | Path, out_
         parts = [p for r in results for p in r.parts]
         shard_jobs = plan_shards(parts, cfg.rows_per_shard, cfg.seed, str(parts_dir), str(tmp),
                                  cfg.row_group_rows, cfg.compression)
-        shards = sorted(_map(pool, write_shard, shard_jobs, lambda done: None))
+        shards = sorted(_map(pool, write_shard, shard_jobs, lambda done, result: None))
         shutil.rmtree(parts_dir)
         t_shards = time.perf_counter()
         elapsed = time.perf_counter() - started
         manifest = _manifest(cfg, corpus, info, tokenizer, shards, totals, units, elapsed)
         write_manifest(tmp, manifest)
-    progress(total_steps, total_steps)
     metrics = {
         "sequences": float(totals["sequences"]),
         "tokens": float(totals["tokens"]),
@@ -84,6 +88,7 @@ def run(cfg: MaskConfig, corpus_dir: str | Path, tokenizer_dir: str | Path, out_
         "unk_rate": totals["unk_tokens"] / max(totals["source_tokens"], 1),
         "seconds": elapsed,
     }
+    report(on_progress, total_steps, total_steps, "work units", tokens_per_s=metrics["tokens_per_s"])
     if cfg.recipe == "nsp":
         metrics["random_next_rate"] = totals["random_next"] / max(totals["sequences"], 1)
     details = {"manifest": str(Path(out_dir) / "manifest.json"), "counts": manifest["counts"],
@@ -182,19 +187,19 @@ def _pool(num_workers: int, n_jobs: int):
                                initargs=(os.getpid(),))
 
 
-def _map(pool, fn: Callable, jobs: Iterable, on_done: Callable[[int], None]) -> list:
-    """Results of ``fn`` over ``jobs`` (completion order); ``on_done(n)`` after each."""
+def _map(pool, fn: Callable, jobs: Iterable, on_done: Callable[[int, Any], None]) -> list:
+    """Results of ``fn`` over ``jobs`` (completion order); ``on_done(n, result)`` after each."""
     out = []
     if pool is None:
         for job in jobs:
             out.append(fn(job))
-            on_done(len(out))
+            on_done(len(out), out[-1])
         return out
     futures = [pool.submit(fn, job) for job in jobs]
     try:
         for fut in as_completed(futures):
             out.append(fut.result())
-            on_done(len(out))
+            on_done(len(out), out[-1])
     except BaseException:
         for fut in futures:
             fut.cancel()

@@ -29,9 +29,10 @@ from bertflow.bert_core.pretrain.distributed import DistInfo, all_gather_objects
 from bertflow.bert_core.pretrain.flops import peak_flops, step_flops
 from bertflow.bert_core.pretrain.inputs import DataInfo
 from bertflow.bert_core.pretrain.model import BertForPretraining, ModelConfig, count_parameters
-from bertflow.bert_core.stageio import MetricsFn, ProgressFn
+from bertflow.bert_core.stageio import MetricsFn, ProgressFn, report
 
 _SUMS = ("loss", "mlm_loss", "mlm_correct", "mlm_count", "nsp_loss", "nsp_correct", "nsp_count")
+_SHOWN = ("loss", "mlm_accuracy", "tokens_per_s")  # what a progress display shows beside the step count
 
 
 @dataclass
@@ -157,6 +158,7 @@ class Trainer:
         session_start, session_tokens = time.perf_counter(), 0
         base_minutes = st.elapsed_minutes
         last: dict[str, float] = dict(st.last_metrics or {})
+        checkpoint = st.step if st.step else None  # the step of the last checkpoint (a resumed run starts at one)
         grad_norm = None
         try:
             done = self._budget_done(base_minutes)
@@ -192,8 +194,9 @@ class Trainer:
                     st.finished = done
                     st.last_metrics = self._summary(last, session_tokens, session_start)
                     self.save()
-                if self.on_progress:
-                    self.on_progress(st.step, self._expected_steps(done))
+                    checkpoint = st.step
+                report(self.on_progress, st.step, self._expected_steps(done), "steps",
+                       **{k: last[k] for k in _SHOWN if k in last}, checkpoint=checkpoint)
         finally:
             del batches  # stops the loader's worker processes
         return dict(st.last_metrics or {})

@@ -138,7 +138,6 @@ def clean_stale_temps(out: Location | str | Path) -> list[str]:
     prefix); call it under the lock."""
     root = out if isinstance(out, Location) else locate(out)
     removed = []
-    batch = root.child(TEMP_PREFIX)
     for info in root.files():
         rel = root.rel_of(info.path)
         if rel.startswith(TEMP_PREFIX + "/"):

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.errors import InputError
-from bertflow.bert_core.stageio import MANIFEST, ProgressFn, model_dir_digest
+from bertflow.bert_core.stageio import MANIFEST, ProgressFn, model_dir_digest, report
 from bertflow.bert_core.storage import Location, ReadCounter, locate
 
 from bertflow.bert_core.score.commit import (clean_stale_temps, commit_status, output_lock, read_commit,
@@ -187,24 +187,25 @@ class _Progress:
         self.total = sum(self.rows_of.values())
         self.by_file: dict[str, int] = {}
         self.done = 0
+        self.files = {"files_done": 0, "files_failed": 0, "files_pending": len(pending)}
 
     def rows(self, job: FileJob, done: int) -> None:
         self._set(job.rel_path, done)
 
     def finished(self, result: FileResult) -> None:
+        self.files["files_failed" if result.status == "failed" else "files_done"] += 1
+        self.files["files_pending"] -= 1
         self._set(result.input, self.rows_of.get(result.input, 0))
 
     def close(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress(self.total, self.total)
+        report(self.on_progress, self.total, self.total, "rows", **self.files)
 
     def _set(self, key: str, done: int) -> None:
         before = self.by_file.get(key, 0)
         if done > before:
             self.by_file[key] = done
             self.done += done - before
-        if self.on_progress is not None:
-            self.on_progress(min(self.done, self.total), self.total)
+        report(self.on_progress, min(self.done, self.total), self.total, "rows", **self.files)
 
 
 def _write_run_manifest(cfg: ScoreConfig, out: Location, planned: Plan, results: list[FileResult],

@@ -14,7 +14,7 @@ import tokenizers
 from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.ingest.reader import Corpus, iter_batches, open_corpus
-from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, write_manifest
+from bertflow.bert_core.stageio import ProgressFn, StageResult, atomic_dir, file_digest, report, write_manifest
 from bertflow.bert_core.vocab.config import VocabConfig
 from bertflow.bert_core.vocab.corpus import complete_holdout, iter_training_texts, plan_selection
 from bertflow.bert_core.vocab.coverage import coverage
@@ -50,8 +50,7 @@ def run(cfg: VocabConfig, corpus_dir: str | Path, out_dir: str | Path, on_progre
             # paragraphs, not whole documents: the same words (the pre-tokenizer splits on
             # whitespace anyway), and ~20% less trainer CPU than book-sized sequences
             yield [p for text in texts for p in text.split("\n\n")]
-            if on_progress is not None:
-                on_progress(sel.train_docs, expected)
+            report(on_progress, sel.train_docs, expected, "docs")
 
     tok.train_from_iterator(batches(), trainer=trainer, length=expected)
     if sel.train_docs == 0:
