@@ -35,6 +35,9 @@ ProgressFn = Callable[[int, int], None]
 """``on_progress(done, total)``; total may be 0 when unknown."""
 MetricsFn = Callable[[int, dict[str, float]], None]
 """``on_metrics(step, {"loss": ..., ...})``."""
+EpochFn = Callable[[int, dict[str, float]], bool | None]
+"""``on_epoch(epoch, validation metrics)`` after each epoch's evaluation (``eval_metric``: the headline).
+True stops training there (the best epoch so far is kept); an exception aborts the run (nothing is written)."""
 
 
 @dataclass(frozen=True)
