@@ -14,6 +14,7 @@ import pytest
 
 from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
 from bertflow.bert_core.configtools import resolve_paths
+from bertflow.bert_core.sweep.space import SweepSpace, load_space
 from bertflow.deployments.serve import NIGHTLY_OVERRIDES
 from bertflow.tasks import tracking
 from tests.helpers import REPO, TINY_OVERRIDES, free_port, running
@@ -121,11 +122,17 @@ def test_serve_py_matches_prefect_yaml():
         config = PipelineConfig.model_validate(resolve_paths(PipelineConfig, want.pop("config"), REPO))
         got = dict(dep.parameters)
         assert got.pop("config") == config, name
+        if "space" in want:
+            assert got.pop("space") == SweepSpace.model_validate(want.pop("space")), name
         assert got == want, name
         (sched,) = dep.schedules
         assert sched.schedule.cron == want_cron(by_name[name]) and sched.schedule.timezone == "Europe/London"
+        assert sched.active == by_name[name]["schedules"][0].get("active", True), name
     assert served["nightly-pipeline"].parameters["config"].flow.continue_from_champion
     assert served["nightly-score"].parameters["config"].score.model_uri == "models:/bertflow-tiny-books@champion"
+    weekly = served["weekly-sweep"]
+    assert not weekly.schedules[0].active  # optional: paused until a user turns it on
+    assert weekly.parameters["space"] == load_space("tiny")  # the packaged space, as prefect.yaml spells it out
 
 
 def want_cron(spec: dict) -> str:

@@ -54,7 +54,7 @@ def run(
 ) -> StageResult:
     """Fine-tune ``base_model_dir`` (or ``cfg.base_model``) on ``cfg.train_path`` and write ``out_dir``.
 
-    ``on_epoch(epoch, validation metrics)`` runs after each epoch: True stops training there,
+    ``on_epoch(epoch, metrics)`` runs after each epoch's validation: True stops training there,
     an exception (a pruned sweep trial) aborts the run before anything is written.
     """
     t0 = time.monotonic()

@@ -117,7 +117,7 @@ def train(
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        if on_epoch is not None and on_epoch(epoch, dict(ev.metrics)):  # e.g. a sweep's pruner (which may raise)
+        if on_epoch is not None and on_epoch(epoch, {"train_loss": record["train_loss"], **ev.metrics}):  # e.g. a sweep's pruner (which may raise)
             stop_reason = "on_epoch"
             break
         if out_of_budget:
