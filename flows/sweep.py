@@ -36,7 +36,7 @@ from bertflow.tasks import sweep_report, sweep_study, tracking
 from bertflow.tasks.stage_runner import Registration, StageRun, TrackingContext
 from bertflow.tasks.sweep_plots import write_plots
 from bertflow.tasks.sweep_trial import (TrialOutcome, TrialSpec, failed_before_start, sweep_trial, threads_per_trial,
-                                        trial_runner)
+                                        trial_runner, warm_up)
 
 Runner = Literal["local", "ray"]
 
@@ -136,9 +136,10 @@ def _run(cfg: PipelineConfig, space: SweepSpace, trials: int, parallel: int, run
     study_name = f"{folder.name}-{key[:10]}"
     db = folder / "optuna.db"
     study = sweep_study.open_study(db, study_name, space)
-    for t in sweep_study.recover_interrupted(study):
-        sweep_report.mark_interrupted(uri, t.user_attrs.get(sweep_study.RUN_ATTR))
+    interrupted = sweep_study.recover_interrupted(study)
+    for t in interrupted:
         logger.warning("trial %d was cut short when the sweep was killed: its values are tried again", t.number)
+    sweep_report.mark_interrupted(uri, exp_id, study_name, [t.user_attrs.get(sweep_study.RUN_ATTR) for t in interrupted])
 
     todo = trials - len(sweep_study.counted(study))
     stored_parent = study.user_attrs.get(sweep_study.PARENT_ATTR)
@@ -189,6 +190,8 @@ def _run_trials(run: _Sweep, todo: int, parallel: int, runner: str, ray_address:
     started = 0
     if todo <= 0:
         return 0
+    if runner == "local" and parallel > 1:
+        warm_up(run.base_model, run.cfg.finetune)  # trials in threads would race on lazy imports
     with trial_runner(runner, parallel, ray_address) as task_runner, _gpu_options(runner):
         while started < todo or inflight:
             while started < todo and len(inflight) < parallel:
@@ -222,7 +225,12 @@ def _run_trials(run: _Sweep, todo: int, parallel: int, runner: str, ray_address:
 
 
 def _record(run: _Sweep, trial: optuna.trial.Trial, run_id: str, outcome: TrialOutcome) -> None:
-    """Tell the study how the trial ended, and log it to its MLflow run."""
+    """Log the trial to its MLflow run, then tell the study how it ended.
+
+    In this order, a kill between the two leaves the trial running in the study, so the
+    rerun marks it interrupted (its MLflow run too) and tries its values again.
+    """
+    sweep_report.finish_trial(run.ctx.tracking_uri, run_id, outcome)
     trial.set_user_attr("bertflow.seconds", outcome.seconds)
     if outcome.state == "complete":
         trial.set_user_attr(sweep_study.RESULT_ATTR, {"model_dir": outcome.model_dir, "metrics": outcome.metrics,
@@ -233,7 +241,6 @@ def _record(run: _Sweep, trial: optuna.trial.Trial, run_id: str, outcome: TrialO
     else:
         trial.set_user_attr(sweep_study.ERROR_ATTR, (outcome.error or "")[:2000])
         run.study.tell(trial, state=TrialState.FAIL)
-    sweep_report.finish_trial(run.ctx.tracking_uri, run_id, outcome)
     value = f" {outcome.value:.4f}" if outcome.value is not None else ""
     get_run_logger().info("trial %d %s%s in %.1fs%s", trial.number, outcome.state, value, outcome.seconds,
                           f": {outcome.error}" if outcome.error else "")

@@ -81,15 +81,24 @@ def finish_trial(uri: str, run_id: str, outcome: TrialOutcome) -> None:
     c.set_terminated(run_id, status=RUN_STATUS[outcome.state])
 
 
-def mark_interrupted(uri: str, run_id: str | None) -> None:
-    """The run of a trial its sweep's kill cut short: KILLED and tagged interrupted (its values are retried)."""
-    if not run_id:
-        return
-    try:
-        tracking.set_tags(uri, run_id, {STATE_TAG: "interrupted"})
-        tracking.client(uri).set_terminated(run_id, status="KILLED")
-    except MlflowException:  # the run is gone (another store, deleted): nothing to mark
-        pass
+def mark_interrupted(uri: str, experiment_id: str, study_name: str, run_ids: list[str]) -> list[str]:
+    """Trial runs a killed sweep cut short: KILLED and tagged interrupted (their values are tried again).
+
+    ``run_ids``: the runs of the trials the study found interrupted; with them, every run of
+    this study still tagged running (killed before the study knew of it). Called with the
+    workspace lock held, so no trial of this study can be running now.
+    """
+    c = tracking.client(uri)
+    running = c.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{study_name}' and "
+                                                           f"tags.`{STATE_TAG}` = 'running'")
+    stale = sorted({r.info.run_id for r in running} | {r for r in run_ids if r})
+    for run_id in stale:
+        try:
+            tracking.set_tags(uri, run_id, {STATE_TAG: "interrupted"})
+            c.set_terminated(run_id, status="KILLED")
+        except MlflowException:  # the run is gone (deleted, another store): nothing to mark
+            pass
+    return stale
 
 
 def finish_parent(uri: str, run_id: str, best: dict[str, Any] | None, counts: dict[str, int], seconds: float,

@@ -128,7 +128,8 @@ def recover_interrupted(study: optuna.Study) -> list[FrozenTrial]:
     for t in stale:
         trial_by_id(study, t._trial_id).set_user_attr(STATE_ATTR, INTERRUPTED)
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
+        if t.params:  # none yet: killed while the sampler was drawing them
+            study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
     return list(stale)
 
 

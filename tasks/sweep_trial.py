@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -69,6 +69,29 @@ def trial_runner(runner: str, parallel: int, ray_address: str | None = None) -> 
     return ThreadPoolTaskRunner(max_workers=parallel)
 
 
+def warm_up(base_model_dir: str, cfg: FinetuneConfig) -> None:
+    """Do, once and in this thread, the lazy imports a trial does: Hugging Face's are not thread-safe.
+
+    Two trials starting together in threads of one process both import ``AutoTokenizer`` and
+    the model class on first use, and one of them can fail with ``ImportError: cannot import
+    name 'AutoTokenizer'``. Loading the tokenizer and building the model from its config once
+    here (seconds at most) leaves nothing for them to race on. Bad inputs are left for the
+    trials to report.
+    """
+    import bertflow.bert_core.finetune.stage  # noqa: F401 - the stage's own imports
+    from bertflow.bert_core.finetune.model import load_tokenizer, quiet_transformers
+
+    try:
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+        load_tokenizer(base_model_dir)
+        auto = AutoModelForTokenClassification if cfg.task == "token" else AutoModelForSequenceClassification
+        with quiet_transformers():
+            auto.from_config(AutoConfig.from_pretrained(base_model_dir, num_labels=2))
+    except Exception:  # noqa: BLE001 - a bad base model fails each trial, with its own message
+        pass
+
+
 @task(name="sweep-trial", cache_policy=NO_CACHE, retries=0)
 def sweep_trial(spec: TrialSpec) -> TrialOutcome:
     """Fine-tune one trial's config, reporting each epoch's validation metric to the study's pruner."""
@@ -106,9 +129,3 @@ def sweep_trial(spec: TrialSpec) -> TrialOutcome:
 def failed_before_start(number: int, error: Exception) -> TrialOutcome:
     """The outcome of a trial whose drawn values do not make a valid config (it never reaches a worker)."""
     return TrialOutcome(number, "failed", error=f"{type(error).__name__}: {error}")
-
-
-def as_dict(outcome: TrialOutcome) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(outcome)

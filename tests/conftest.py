@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY_OVERRIDES, build_tiny_classifier
+from tests.helpers import REPO, TINY_OVERRIDES, TINY_SWEEP_SPACE, build_tiny_bert, build_tiny_classifier, sweep_overrides
 
 # Before anything imports prefect: keep its database and settings out of ~/.prefect.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="bertflow-test-prefect-")
@@ -72,3 +72,19 @@ def one_torch_thread():
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer x 32-hidden BERT classifier (3 labels) with a WordPiece tokenizer trained here."""
     return build_tiny_classifier(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_base(tmp_path_factory) -> Path:
+    """A random tiny BERT (2 x 64) as our pretraining exports it: a base to fine-tune in seconds."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(prefect_harness, tiny_bert_base, tmp_path_factory):
+    """One sweep of 4 trials, 2 at once, on its own workspace: complete, pruned and failed trials."""
+    from bertflow.api import sweep
+
+    ws = tmp_path_factory.mktemp("sweep-ws")
+    return ws, sweep(TINY_SWEEP_SPACE, "tiny", trials=4, parallel=2, workspace=ws,
+                     overrides=sweep_overrides(tiny_bert_base))
