@@ -83,13 +83,14 @@ def score(input: str | os.PathLike, model: str | os.PathLike, output: str | os.P
 def sweep(space: "str | os.PathLike | SweepSpace | Mapping[str, Any]", config: ConfigLike = None, *, trials: int = 20,
           parallel: int = 1, runner: str = "local", ray_address: str | None = None,
           workspace: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-          name: str | None = None) -> "SweepResult":
+          name: str | None = None, budget_epochs: float | None = None) -> "SweepResult":
     """Search fine-tuning settings over ``space`` (a space file, a packaged space name such as ``"tiny"``,
     a :class:`SweepSpace` or a mapping) with ``trials`` trials, ``parallel`` at once.
 
     The study is kept in ``<workspace>/sweep/<name>/``: a killed sweep resumes, a finished
-    one returns at once (``result.new_trials == 0``). The best trial's model is registered
-    as `candidate` and promoted as any fine-tuned model is.
+    one returns at once (``result.new_trials == 0``). ``budget_epochs`` caps the study's
+    epochs of training (no trial starts that could pass it). The best trial's model is
+    registered as `candidate` and promoted as any fine-tuned model is.
     """
     from bertflow.bert_core.configtools import from_dict
     from bertflow.bert_core.sweep.space import SweepSpace, load_space
@@ -103,11 +104,11 @@ def sweep(space: "str | os.PathLike | SweepSpace | Mapping[str, Any]", config: C
     else:
         chosen = load_space(space)
     cfg = resolve_config(config, overrides)
-    check_counts(trials, parallel)
+    check_counts(trials, parallel, budget_epochs)
     if runner not in ("local", "ray"):
         from bertflow.bert_core.errors import InputError
 
         raise InputError(f"--runner must be local or ray (got {runner!r})")
     root = Workspace(resolve(workspace)).ensure().root
     return sweep_flow(space=chosen, config=cfg, trials=trials, parallel=parallel, runner=runner,
-                      ray_address=ray_address, workspace=str(root), name=name)
+                      ray_address=ray_address, workspace=str(root), name=name, budget_epochs=budget_epochs)

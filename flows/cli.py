@@ -187,7 +187,10 @@ def sweep(space: Annotated[str, typer.Option(help="Search space: a YAML file, or
           runner: Annotated[str, typer.Option(help="local (threads here) or ray.")] = "local",
           ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
           name: Annotated[Optional[str], typer.Option(help="The sweep's folder under <workspace>/sweep/ "
-                                                           "(default: the config's name).")] = None) -> None:
+                                                           "(default: the config's name).")] = None,
+          budget_epochs: Annotated[Optional[float], typer.Option(
+              help="Compute budget in epochs of training over all trials; no trial starts that could pass it.")]
+          = None) -> None:
     """Search fine-tuning settings with Optuna (each trial a nested MLflow run); register the best as `candidate`."""
     from bertflow.bert_core.sweep.space import load_space
 
@@ -197,7 +200,7 @@ def sweep(space: Annotated[str, typer.Option(help="Search space: a YAML file, or
     from bertflow.api import sweep as run_sweep
 
     result = run_sweep(chosen, cfg, trials=trials, parallel=parallel, runner=runner, ray_address=ray_address,
-                       workspace=workspace, name=name)
+                       workspace=workspace, name=name, budget_epochs=budget_epochs)
     table = Table(title=f"bertflow sweep {result.study_name}: {len(result.trials)} trials")
     for column in ("trial", "state", "eval_metric", "values"):
         table.add_column(column)
@@ -212,7 +215,8 @@ def sweep(space: Annotated[str, typer.Option(help="Search space: a YAML file, or
         reg = result.registration
         console.print(f"Registered model: models:/{reg.name}/{reg.version} (alias candidate; "
                       f"champion {'moved' if reg.promoted else 'kept'})")
-    console.print(f"Study:            {result.study_db} ({result.new_trials} trials run now)")
+    console.print(f"Study:            {result.study_db} ({result.new_trials} trials run now, "
+                  f"{result.epochs_trained} epochs trained in all)")
     console.print(f"MLflow parent run: {result.parent_run_id} (experiment {result.experiment_id})")
 
 

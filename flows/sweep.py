@@ -52,6 +52,7 @@ class TrialSummary:
     run_id: str | None
     seconds: float | None = None
     error: str | None = None
+    epochs: int = 0  # epochs it trained (a pruned trial's until it was stopped)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class SweepResult:
     def count(self, state: str) -> int:
         return sum(t.state == state for t in self.trials)
 
+    @property
+    def epochs_trained(self) -> int:
+        """The study's compute: epochs of training over all its trials (interrupted ones' too)."""
+        return sum(t.epochs for t in self.trials)
+
 
 @flow(name="sweep", validate_parameters=True)
 def sweep(
@@ -84,6 +90,7 @@ def sweep(
     ray_address: str | None = None,
     workspace: str | None = None,
     name: str | None = None,
+    budget_epochs: float | None = None,
 ) -> SweepResult:
     """Search fine-tuning settings with Optuna and register the best trial's model as `candidate`.
 
@@ -96,18 +103,23 @@ def sweep(
         ray_address: the Ray cluster for runner ray (its workers must see the workspace).
         workspace: where the study, trial outputs and the MLflow store go; default `$BERTFLOW_WORKSPACE` or `./workspace`.
         name: the sweep's folder under `<workspace>/sweep/`; default the config's name.
+        budget_epochs: a compute budget: no trial starts unless the study's epochs of training (all trials, each
+            counted at the most epochs it may train) stay within it, so the study may end with fewer trials;
+            none: no budget.
     """
-    check_counts(trials, parallel)
+    check_counts(trials, parallel, budget_epochs)
     ws = Workspace(resolve(workspace)).ensure()
     with ws.locked():
-        return _run(config, space, trials, parallel, runner, ray_address, ws, name or config.name)
+        return _run(config, space, trials, parallel, runner, ray_address, ws, name or config.name, budget_epochs)
 
 
-def check_counts(trials: int, parallel: int) -> None:
+def check_counts(trials: int, parallel: int, budget_epochs: float | None = None) -> None:
     if trials < 1:
         raise InputError(f"--trials must be at least 1 (got {trials})")
     if parallel < 1:
         raise InputError(f"--parallel must be at least 1 (got {parallel})")
+    if budget_epochs is not None and budget_epochs <= 0:
+        raise InputError(f"--budget-epochs must be positive (got {budget_epochs})")
 
 
 @dataclass
@@ -116,6 +128,7 @@ class _Sweep:
 
     cfg: PipelineConfig
     space: SweepSpace
+    budget_epochs: float | None
     study: optuna.Study
     study_name: str
     db: Path
@@ -125,7 +138,7 @@ class _Sweep:
 
 
 def _run(cfg: PipelineConfig, space: SweepSpace, trials: int, parallel: int, runner: str, ray_address: str | None,
-         ws: Workspace, name: str) -> SweepResult:
+         ws: Workspace, name: str, budget_epochs: float | None) -> SweepResult:
     logger = get_run_logger()
     t0 = time.perf_counter()
     uri = tracking.configure(ws.root)
@@ -142,11 +155,12 @@ def _run(cfg: PipelineConfig, space: SweepSpace, trials: int, parallel: int, run
     sweep_report.mark_interrupted(uri, exp_id, study_name, [t.user_attrs.get(sweep_study.RUN_ATTR) for t in interrupted])
 
     todo = trials - len(sweep_study.counted(study))
+    spent = not sweep_study.fits_budget(study, budget_epochs, 0, sweep_study.max_epochs(space, cfg.finetune))
     stored_parent = study.user_attrs.get(sweep_study.PARENT_ATTR)
     flow_run = get_run_context().flow_run
-    if todo <= 0 and _finished(uri, stored_parent):
-        logger.info("sweep %s: the study already has %d trials (%d asked for): nothing to run",
-                    study_name, len(sweep_study.counted(study)), trials)
+    if (todo <= 0 or spent) and _finished(uri, stored_parent):
+        logger.info("sweep %s: the study already has %d trials (%d asked for%s): nothing to run", study_name,
+                    len(sweep_study.counted(study)), trials, "; its budget is spent" if spent else "")
         return _result(ws, uri, exp_id, stored_parent, study, study_name, db, new_trials=0)
 
     parent, resumed = sweep_report.parent_run(
@@ -155,13 +169,14 @@ def _run(cfg: PipelineConfig, space: SweepSpace, trials: int, parallel: int, run
               "bertflow.config_name": cfg.name},
         params={**cfg.as_dict(), "space": space.model_dump(mode="json")})
     tracking.set_tags(uri, parent, {"bertflow.sweep_trials": str(trials), "bertflow.sweep_parallel": str(parallel),
-                                    "bertflow.sweep_runner": runner, "bertflow.study_db": str(db)})
+                                    "bertflow.sweep_runner": runner, "bertflow.study_db": str(db),
+                                    "bertflow.sweep_budget_epochs": str(budget_epochs)})
     if not resumed:
         study.set_user_attr(sweep_study.PARENT_ATTR, parent)
         tracking.log_dict(uri, parent, cfg.as_dict(), "config.yaml")
         tracking.log_dict(uri, parent, space.model_dump(mode="json"), "space.yaml")
     _link(tracking.run_url(uri, exp_id, parent))
-    run = _Sweep(cfg, space, study, study_name, db, folder / key[:10], base_model,
+    run = _Sweep(cfg, space, budget_epochs, study, study_name, db, folder / key[:10], base_model,
                  TrackingContext(uri, exp_id, parent, str(ws.root), str(flow_run.id)))
     logger.info("sweep %s: %d trials to run (%d in the study), %d at once on %s", study_name, max(todo, 0),
                 len(study.trials), parallel, runner)
@@ -174,8 +189,10 @@ def _run(cfg: PipelineConfig, space: SweepSpace, trials: int, parallel: int, run
         raise
     result = _result(ws, uri, exp_id, parent, study, study_name, db, new_trials=ran, registration=registration)
     counts = {s: result.count(s) for s in ("complete", "pruned", "failed", "interrupted")}
+    metrics = {**{f"trials_{s}": n for s, n in counts.items()}, "epochs_trained": result.epochs_trained,
+               "sweep_seconds": time.perf_counter() - t0}
     best = asdict(result.best) if result.best else None
-    sweep_report.finish_parent(uri, parent, best, counts, time.perf_counter() - t0, plots, final=True)
+    sweep_report.finish_parent(uri, parent, best, metrics, plots, final=True)
     sweep_report.trial_table([asdict(t) for t in result.trials])
     logger.info("sweep %s finished: %s; best %s", study_name, ", ".join(f"{n} {s}" for s, n in counts.items() if n),
                 f"trial {result.best.number} ({result.best.value:.4f})" if result.best else "none")
@@ -186,15 +203,21 @@ def _run_trials(run: _Sweep, todo: int, parallel: int, runner: str, ray_address:
     """Ask the study for ``todo`` trials, ``parallel`` in flight at a time; tell it each outcome."""
     dists = sweep_study.distributions(run.space)
     base = evolve(run.cfg.finetune, num_threads=threads_per_trial(run.cfg.finetune, parallel))
-    inflight: dict[Any, tuple[optuna.trial.Trial, str]] = {}
+    most = sweep_study.max_epochs(run.space, run.cfg.finetune)
+    inflight: dict[Any, tuple[optuna.trial.Trial, str, int]] = {}  # future -> trial, MLflow run, its epochs
+
+    def another() -> bool:
+        running = sum(epochs for _, _, epochs in inflight.values())
+        return started < todo and sweep_study.fits_budget(run.study, run.budget_epochs, running, most)
+
     started = 0
-    if todo <= 0:
+    if not another():
         return 0
     if runner == "local" and parallel > 1:
         warm_up(run.base_model, run.cfg.finetune)  # trials in threads would race on lazy imports
     with trial_runner(runner, parallel, ray_address) as task_runner, _gpu_options(runner):
-        while started < todo or inflight:
-            while started < todo and len(inflight) < parallel:
+        while another() or inflight:
+            while len(inflight) < parallel and another():
                 trial = run.study.ask(dists)
                 started += 1
                 try:
@@ -212,10 +235,10 @@ def _run_trials(run: _Sweep, todo: int, parallel: int, runner: str, ray_address:
                 spec = TrialSpec(trial.number, trial._trial_id, cfg, run.base_model,
                                  str(run.trial_root / f"trial-{trial.number:04d}"), str(run.db), run.study_name,
                                  run.space.pruner)
-                inflight[task_runner.submit(sweep_trial, parameters={"spec": spec})] = (trial, run_id)
+                inflight[task_runner.submit(sweep_trial, parameters={"spec": spec})] = (trial, run_id, cfg.epochs)
             if inflight:
                 future = next(as_completed(list(inflight)))
-                trial, run_id = inflight.pop(future)
+                trial, run_id, _ = inflight.pop(future)
                 try:
                     outcome = future.result()
                 except Exception as exc:  # noqa: BLE001 - the task itself died (e.g. a lost Ray worker)
@@ -278,7 +301,8 @@ def _result(ws: Workspace, uri: str, exp_id: str, parent: str, study: optuna.Stu
             new_trials: int, registration: Registration | None = None) -> SweepResult:
     trials = [TrialSummary(t.number, sweep_study.state_name(t), t.value,
                            sweep_study.jsonable_params(t.params), t.user_attrs.get(sweep_study.RUN_ATTR),
-                           t.user_attrs.get("bertflow.seconds"), t.user_attrs.get(sweep_study.ERROR_ATTR))
+                           t.user_attrs.get("bertflow.seconds"), t.user_attrs.get(sweep_study.ERROR_ATTR),
+                           sweep_study.epochs_trained(t))
               for t in study.get_trials(deepcopy=False)]
     complete = [t for t in trials if t.state == "complete"]
     best = max(complete, key=lambda t: t.value) if complete else None

@@ -101,11 +101,10 @@ def mark_interrupted(uri: str, experiment_id: str, study_name: str, run_ids: lis
     return stale
 
 
-def finish_parent(uri: str, run_id: str, best: dict[str, Any] | None, counts: dict[str, int], seconds: float,
-                  plots: list, final: bool) -> None:
-    """Best values as ``best.<key>`` params and its metric; trial counts; plots; FINISHED."""
-    metrics: dict[str, float] = {f"trials_{state}": n for state, n in counts.items()}
-    metrics["sweep_seconds"] = seconds
+def finish_parent(uri: str, run_id: str, best: dict[str, Any] | None, metrics: dict[str, float], plots: list,
+                  final: bool) -> None:
+    """Best values as ``best.<key>`` params and its metric; the sweep's own ``metrics``; plots; FINISHED."""
+    metrics = dict(metrics)
     tags = {}
     if best is not None:
         metrics["best_eval_metric"] = best["value"]

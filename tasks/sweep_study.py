@@ -81,12 +81,12 @@ def load_for_trial(db: str | Path, name: str, spec: PrunerSpec) -> optuna.Study:
 def pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
     """The Optuna pruner ``spec`` names; epochs are its steps."""
     if spec.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.min_epochs)
     if spec.kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=spec.min_epochs, max_resource="auto",
                                               reduction_factor=spec.reduction_factor)
     if spec.kind == "threshold":
-        return optuna.pruners.ThresholdPruner(lower=spec.lower, n_warmup_steps=spec.warmup_epochs)
+        return optuna.pruners.ThresholdPruner(lower=spec.lower, n_warmup_steps=spec.min_epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -131,6 +131,28 @@ def recover_interrupted(study: optuna.Study) -> list[FrozenTrial]:
         if t.params:  # none yet: killed while the sampler was drawing them
             study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
     return list(stale)
+
+
+def epochs_trained(trial: FrozenTrial) -> int:
+    """Epochs a trial trained: one validation report per epoch (a pruned or interrupted one's too)."""
+    return len(trial.intermediate_values)
+
+
+def max_epochs(space: SweepSpace, cfg: FinetuneConfig) -> int:
+    """The most epochs a trial of ``space`` may train (the space's bound on finetune.epochs, else the config's)."""
+    spec = space.params.get("finetune.epochs")
+    if spec is None:
+        return cfg.epochs
+    return int(max(spec.values_to_check()))
+
+
+def fits_budget(study: optuna.Study, budget_epochs: float | None, running_epochs: int, next_epochs: int) -> bool:
+    """Whether a trial of ``next_epochs`` more can start: the finished trials' epochs, plus what the running ones
+    may still train (``running_epochs``, their configs' epochs), plus it, stay within ``budget_epochs``."""
+    if budget_epochs is None:
+        return True
+    done = sum(epochs_trained(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING)
+    return done + running_epochs + next_epochs <= budget_epochs
 
 
 def state_name(trial: FrozenTrial) -> str:

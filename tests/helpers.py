@@ -48,7 +48,7 @@ TINY_SWEEP_SPACE = {
                "finetune.epochs": {"type": "categorical", "choices": [1, 2]},
                "finetune.text_column": {"type": "categorical", "choices": ["text", "no_such_column"]}},
     "sampler": {"seed": 0, "startup_trials": 4},
-    "pruner": {"kind": "threshold", "lower": 2.0, "warmup_epochs": 2},
+    "pruner": {"kind": "threshold", "lower": 2.0, "min_epochs": 2},
 }
 TINY_SWEEP_STATES = ["complete", "pruned", "pruned", "failed"]
 

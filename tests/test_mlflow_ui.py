@@ -1,4 +1,5 @@
-"""A real browser on the MLflow UI: two pipeline runs, their nested stage runs, and the compare view.
+"""A real browser on the MLflow UI: two pipeline runs, their nested stage runs, and the compare view; a sweep's
+parent run with its trial runs and its parallel-coordinates plot.
 
 Starts `mlflow server` on 127.0.0.1 over the tiny pipeline's store and drives Debian's Chromium with
 Playwright (no browser download). Saves screenshots under test-artifacts/.
@@ -90,4 +91,40 @@ def test_runs_nested_stages_and_compare_view(mlflow_ui, two_pipeline_runs, brows
     for run in runs:
         page.get_by_text(run.info.run_name).first.wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "mlflow-compare.png"), full_page=True)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def sweep_ui(tiny_sweep):
+    """``mlflow server`` over the tiny sweep's own store."""
+    _, result = tiny_sweep
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", result.tracking_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running(cmd, f"{url}/health", timeout=90):
+        yield url
+
+
+def test_sweep_parent_lists_its_trials_and_opens_the_parallel_coordinates(sweep_ui, tiny_sweep, browser):
+    _, result = tiny_sweep
+    run_page = f"{sweep_ui}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+    page.goto(run_page)
+    page.get_by_text("Child runs", exact=True).first.wait_for(timeout=60_000)
+    for trial in result.trials:  # each trial run is a link on its parent's page
+        link = page.get_by_role("link", name=f"trial-{trial.number}", exact=True)
+        link.first.wait_for(timeout=30_000)
+        assert link.count() == 1
+    page.screenshot(path=str(ARTIFACTS / "mlflow-sweep-parent.png"), full_page=True)
+
+    page.goto(f"{run_page}/artifacts/plots/parallel_coordinate.html")
+    plot = page.frame_locator("iframe.mlflow-html-iframe")
+    plot.get_by_text("Parallel Coordinate Plot").first.wait_for(timeout=60_000)  # plotly.js ran in the frame
+    assert plot.locator(".js-plotly-plot").count() == 1
+    for axis in ("eval_metric", "finetune.lr"):  # the study's metric, and a swept key
+        assert plot.get_by_text(axis, exact=True).count() >= 1, axis
+    page.screenshot(path=str(ARTIFACTS / "mlflow-sweep-parallel-coordinates.png"))
     page.close()

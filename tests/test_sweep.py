@@ -1,5 +1,5 @@
 """Hyper-parameter sweeps (issue #20): the space file's checks, a tiny sweep's MLflow runs, pruning, a failing
-trial, registration of the best, reuse of a finished study, and ``kill -9`` of a sweep then a rerun.
+trial, registration of the best, reuse of a finished study, and ``kill -9`` of a sweep then a rerun (on Ray).
 
 Real Prefect (the session's test API), real MLflow on SQLite, real Optuna storage, a tiny BERT on the
 bundled labelled sample. The tiny sweep (``tiny_sweep`` in conftest) draws, with its seed, one trial of
@@ -205,7 +205,9 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_ends_with_the_requested_num
     cut = sorted(n for n, (s, _) in at_kill.items() if s == "RUNNING")
     assert done and len(done) < 4, at_kill
 
-    result = sweep(space, "tiny", trials=4, parallel=2, workspace=ws, overrides=sweep_overrides(tiny_bert_base))
+    # The rerun also exercises the Ray runner (a local 2-CPU Ray): same plan, trials in Ray workers.
+    result = sweep(space, "tiny", trials=4, parallel=2, runner="ray", workspace=ws,
+                   overrides=sweep_overrides(tiny_bert_base))
     after = _trials_in(db)
     assert {n: after[n][1] for n in done} == done  # finished trials were not rerun
     assert result.new_trials == 4 - len(done), (at_kill, result.trials)
@@ -218,6 +220,7 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_ends_with_the_requested_num
 
     c, parent, runs = _runs(result)
     assert parent.info.status == "FINISHED"  # one parent run: the killed sweep's, resumed
+    assert parent.data.tags["bertflow.sweep_runner"] == "ray"
     states = sorted(r.data.tags["bertflow.trial_state"] for r in runs.values())
     # a trial asked in the last milliseconds before the kill may not have had its MLflow run yet
     assert states in (["complete"] * 4 + ["interrupted"] * k for k in (len(cut), len(cut) - 1))
@@ -227,3 +230,11 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_ends_with_the_requested_num
 
     again = sweep(space, "tiny", trials=4, parallel=2, workspace=ws, overrides=sweep_overrides(tiny_bert_base))
     assert again.new_trials == 0 and _trials_in(db) == after
+
+    # More trials, within a compute budget: room for one more trial of at most 2 epochs, not for two.
+    budget = again.epochs_trained + 3
+    more = sweep(space, "tiny", trials=8, parallel=2, workspace=ws, overrides=sweep_overrides(tiny_bert_base),
+                 budget_epochs=budget)
+    assert more.new_trials == 1 and more.epochs_trained <= budget
+    assert more.parent_run_id != result.parent_run_id  # a finished sweep's parent keeps its best; more get a new one
+

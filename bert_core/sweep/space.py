@@ -8,7 +8,7 @@ the pruner that stops poor trials after an epoch::
       finetune.batch_size: {type: categorical, choices: [16, 32, 64]}
       finetune.epochs: {type: int, low: 2, high: 6}
     sampler: {seed: 0, startup_trials: 4}
-    pruner: {kind: median, warmup_epochs: 1}
+    pruner: {kind: median, min_epochs: 1}
 
 Every bound and choice must be a valid value of its key (``finetune.warmup_ratio`` < 1, ...),
 so a typo fails here in milliseconds, with the key named, not hours later in a trial.
@@ -92,9 +92,8 @@ class PrunerSpec(Config):
         "median", description="median: below the median of earlier trials at the same epoch; hyperband: "
         "successive halving over epochs; threshold: below `lower`; none: never prune")
     startup_trials: int = Field(2, ge=0, description="median: trials that finish before any trial is pruned")
-    warmup_epochs: int = Field(
-        1, ge=0, description="median, threshold: epochs every trial runs before it may be pruned")
-    min_epochs: int = Field(1, ge=1, description="hyperband: the fewest epochs a trial runs (min_resource)")
+    min_epochs: int = Field(
+        1, ge=1, description="The first epoch after which a trial may be pruned (hyperband: its min_resource)")
     reduction_factor: int = Field(3, ge=2, description="hyperband: keep 1 in this many trials at each rung")
     lower: float | None = Field(None, description="threshold: prune a trial whose validation metric is below this")
 
