@@ -87,7 +87,7 @@ def warm_up(base_model_dir: str, cfg: FinetuneConfig) -> None:
         load_tokenizer(base_model_dir)
         auto = AutoModelForTokenClassification if cfg.task == "token" else AutoModelForSequenceClassification
         with quiet_transformers():
-            auto.from_config(AutoConfig.from_pretrained(base_model_dir, num_labels=2))
+            auto.from_config(AutoConfig.from_pretrained(base_model_dir, num_labels=2, trust_remote_code=False))
     except Exception:  # noqa: BLE001 - a bad base model fails each trial, with its own message
         pass
 
