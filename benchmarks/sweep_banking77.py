@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(out / "prefect-home"))  # an ephemeral Prefect API of its own
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")  # a busy box starts it slowly
 
     finetune_cfg = build_config("banking77", Path(args.data), [])
     check_banking_labels(finetune_cfg)
