@@ -119,9 +119,14 @@ def _explain_one(err: Any, cls: type[Config]) -> str:
 
 
 def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The section at ``loc``: only sections hold unknown keys, so every step is a model or a dict of them."""
+    tp: Any = cls
     for part in loc:
-        cls = cls.model_fields[part].annotation  # only sections hold unknown keys, so every step is a model
-    return cls
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            tp = tp.model_fields[part].annotation
+        else:  # ``dict[str, Section]`` (a sweep space's params): the key picks one section
+            tp = get_args(tp)[-1]
+    return tp
 
 
 def _is_path(tp: Any) -> bool:

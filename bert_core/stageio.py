@@ -35,6 +35,10 @@ ProgressFn = Callable[[int, int], None]
 """``on_progress(done, total)``; total may be 0 when unknown. Stages call it through :func:`report`."""
 MetricsFn = Callable[[int, dict[str, float]], None]
 """``on_metrics(step, {"loss": ..., ...})``."""
+EpochFn = Callable[[int, dict[str, float]], bool | None]
+"""``on_epoch(epoch, metrics)`` after each epoch's evaluation: the validation metrics (``eval_metric`` is the
+headline) and the epoch's mean ``train_loss``.
+True stops training there (the best epoch so far is kept); an exception aborts the run (nothing is written)."""
 
 
 @dataclass(frozen=True)

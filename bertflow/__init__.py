@@ -12,6 +12,7 @@ The Python API, for notebooks and other orchestrators::
 
     run = bertflow.run_pipeline("tiny", workspace="ws")           # all six stages
     scored = bertflow.score("lake/", "models:/bertflow-tiny-books@champion", output="scored/", batch_size=128)
+    found = bertflow.sweep("tiny", "tiny", workspace="ws", trials=8, parallel=2)  # search space, preset
 
 Importing ``bertflow`` is cheap: the API (and with it Prefect and MLflow) loads on
 first use, and ``bertflow.bert_core`` never imports either.
@@ -23,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "run_pipeline", "score", "load_config", "PipelineConfig", "PipelineResult", "StageRun",
-           "ProgressOptions"]
+__all__ = ["__version__", "run_pipeline", "score", "sweep", "load_config", "PipelineConfig", "PipelineResult",
+           "StageRun", "ProgressOptions"]
 
 _LAZY = {
     "run_pipeline": "bertflow.api",
     "score": "bertflow.api",
+    "sweep": "bertflow.api",
     "PipelineResult": "bertflow.api",
     "StageRun": "bertflow.api",
     "ProgressOptions": "bertflow.api",
@@ -37,7 +39,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from bertflow.api import PipelineResult, ProgressOptions, StageRun, run_pipeline, score
+    from bertflow.api import PipelineResult, ProgressOptions, StageRun, run_pipeline, score, sweep
     from bertflow.bert_core.config import PipelineConfig, load_config
 
 

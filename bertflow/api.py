@@ -10,6 +10,8 @@ unless ``PREFECT_API_URL`` is set; MLflow on ``<workspace>/mlflow.db`` unless
     run.stages["finetune"].registry.version          # the registered model version
     scored = bertflow.score("lake/", "models:/bertflow-tiny-books@champion", output="scored/", batch_size=128)
     scored.metrics["rows_scored"]
+    found = bertflow.sweep("tiny", "tiny", workspace="ws", trials=8, parallel=2)  # search space, preset
+    found.best.params, found.registration.version      # the best trial's values, its registered model
 
 User mistakes (a bad key, a missing input) raise :class:`bertflow.bert_core.errors.BertflowError`
 subclasses whose message names what is wrong, before any work starts where they can be seen early.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bertflow.bert_core.config import PipelineConfig, load_config
 from bertflow.bert_core.configtools import apply_overrides, evolve, from_dict, to_dict
@@ -28,7 +30,11 @@ from bertflow.flows.workspace import Workspace, resolve
 from bertflow.tasks.progress import ProgressOptions
 from bertflow.tasks.stage_runner import StageRun
 
-__all__ = ["run_pipeline", "score", "resolve_config", "PipelineResult", "StageRun", "ProgressOptions"]
+if TYPE_CHECKING:  # the sweep flow imports Optuna: loaded when a sweep runs
+    from bertflow.bert_core.sweep.space import SweepSpace
+    from bertflow.flows.sweep import SweepResult
+
+__all__ = ["run_pipeline", "score", "sweep", "resolve_config", "PipelineResult", "StageRun", "ProgressOptions"]
 
 ConfigLike = str | os.PathLike | PipelineConfig | Mapping[str, Any] | None
 """A preset name (``"tiny"``), a YAML file, a :class:`PipelineConfig`, a plain mapping, or None (the defaults)."""
@@ -80,3 +86,36 @@ def score(input: str | os.PathLike, model: str | os.PathLike, output: str | os.P
     cfg = evolve(cfg, score=evolve(cfg.score, **chosen))
     return run_pipeline(cfg, stages=["score"], workspace=workspace, run_name=run_name,
                         progress=progress).stages["score"]
+
+
+def sweep(space: "str | os.PathLike | SweepSpace | Mapping[str, Any]", config: ConfigLike = None, *, trials: int = 20,
+          parallel: int = 1, runner: str = "local", ray_address: str | None = None,
+          workspace: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+          name: str | None = None, budget_epochs: float | None = None) -> "SweepResult":
+    """Search fine-tuning settings over ``space`` (a space file, a packaged space name such as ``"tiny"``,
+    a :class:`SweepSpace` or a mapping) with ``trials`` trials, ``parallel`` at once.
+
+    The study is kept in ``<workspace>/sweep/<name>/``: a killed sweep resumes, a finished
+    one returns at once (``result.new_trials == 0``). ``budget_epochs`` caps the study's
+    epochs of training (no trial starts that could pass it). The best trial's model is
+    registered as `candidate` and promoted as any fine-tuned model is.
+    """
+    from bertflow.bert_core.sweep.space import SweepSpace, load_space
+    from bertflow.flows.sweep import check_counts
+    from bertflow.flows.sweep import sweep as sweep_flow
+
+    if isinstance(space, SweepSpace):
+        chosen = space
+    elif isinstance(space, Mapping):
+        chosen = from_dict(SweepSpace, space)
+    else:
+        chosen = load_space(space)
+    cfg = resolve_config(config, overrides)
+    check_counts(trials, parallel, budget_epochs)
+    if runner not in ("local", "ray"):
+        from bertflow.bert_core.errors import InputError
+
+        raise InputError(f"--runner must be local or ray (got {runner!r})")
+    root = Workspace(resolve(workspace)).ensure().root
+    return sweep_flow(space=chosen, config=cfg, trials=trials, parallel=parallel, runner=runner,
+                      ray_address=ray_address, workspace=str(root), name=name, budget_epochs=budget_epochs)

@@ -1,10 +1,11 @@
 """The ``bertflow`` command line (also ``python -m flows``).
 
 ``bertflow pipeline`` runs all six stages; ``bertflow ingest|vocab|mask|pretrain|
-finetune|score`` runs one, reading its inputs from the workspace. Every command
-takes the same ``--config``/``--set``/``--workspace`` options, and the same output options:
-``--run-name`` (the MLflow parent run), ``--quiet``, ``--log-format text|json`` and
-``--log-interval`` (progress lines when stdout is not a terminal). User mistakes
+finetune|score`` runs one, reading its inputs from the workspace; ``bertflow sweep``
+searches fine-tuning settings. Every command takes the same ``--config``/``--set``/``--workspace``
+options, and the stage commands the same output options: ``--run-name`` (the MLflow parent run),
+``--quiet``, ``--log-format text|json`` and ``--log-interval`` (progress lines when stdout is not
+a terminal). User mistakes
 print one line and exit 2; bugs keep their traceback.
 """
 
@@ -214,6 +215,47 @@ def score(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
     if chosen:
         cfg = evolve(cfg, score=evolve(cfg.score, **chosen))
     _run_flow(["score"], cfg, [], workspace, run_name, quiet, log_format, log_interval)
+
+
+@app.command("sweep")
+def sweep(space: Annotated[str, typer.Option(help="Search space: a YAML file, or a packaged space (tiny).")],
+          config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None,
+          trials: Annotated[int, typer.Option(help="Trials the study ends with (a rerun counts earlier ones).")] = 20,
+          parallel: Annotated[int, typer.Option(help="Trials at once; they share the CPU cores.")] = 1,
+          runner: Annotated[str, typer.Option(help="local (threads here) or ray.")] = "local",
+          ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+          name: Annotated[Optional[str], typer.Option(help="The sweep's folder under <workspace>/sweep/ "
+                                                           "(default: the config's name).")] = None,
+          budget_epochs: Annotated[Optional[float], typer.Option(
+              help="Compute budget in epochs of training over all trials; no trial starts that could pass it.")]
+          = None) -> None:
+    """Search fine-tuning settings with Optuna (each trial a nested MLflow run); register the best as `candidate`."""
+    from bertflow.bert_core.sweep.space import load_space
+
+    cfg = load_config(config, set_ or [])
+    chosen = load_space(space)  # a bad space fails here, before Prefect starts
+    _quiet_prefect_tracebacks()
+    from bertflow.api import sweep as run_sweep
+
+    result = run_sweep(chosen, cfg, trials=trials, parallel=parallel, runner=runner, ray_address=ray_address,
+                       workspace=workspace, name=name, budget_epochs=budget_epochs)
+    table = Table(title=f"bertflow sweep {result.study_name}: {len(result.trials)} trials")
+    for column in ("trial", "state", "eval_metric", "values"):
+        table.add_column(column)
+    for t in result.trials:
+        values = ", ".join(f"{k.removeprefix('finetune.')}={v:.3g}" if isinstance(v, float) else
+                           f"{k.removeprefix('finetune.')}={v}" for k, v in t.params.items())
+        table.add_row(str(t.number), t.state, "" if t.value is None else f"{t.value:.4f}", values)
+    console.print(table)
+    if result.best is not None:
+        console.print(f"Best trial:       {result.best.number} (eval_metric {result.best.value:.4f})")
+    if result.registration is not None:
+        reg = result.registration
+        console.print(f"Registered model: models:/{reg.name}/{reg.version} (alias candidate; "
+                      f"champion {'moved' if reg.promoted else 'kept'})")
+    console.print(f"Study:            {result.study_db} ({result.new_trials} trials run now, "
+                  f"{result.epochs_trained} epochs trained in all)")
+    console.print(f"MLflow parent run: {result.parent_run_id} (experiment {result.experiment_id})")
 
 
 @app.command("config")

@@ -3,7 +3,8 @@
 Default ``./workspace``; overridden by ``--workspace`` or ``$BERTFLOW_WORKSPACE``.
 Each stage writes the folder named after it (``ingest/``, ``vocab/``, ``mask/``,
 ``pretrain/``, ``finetune/``, ``score/``), so a stage finds its inputs without
-being told, and a lock file keeps two runs from writing it at once.
+being told; sweeps keep their studies under ``sweep/<name>/``. A lock file keeps two
+runs from writing it at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,10 @@ class Workspace:
     @property
     def score(self) -> Path:
         return self.stage_dir("score")
+
+    def sweep_dir(self, name: str) -> Path:
+        """The folder of the sweep ``name`` (its Optuna study and trial outputs): ``sweep/<name>``."""
+        return self.root / "sweep" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip(".") or "sweep")
 
     @property
     def mlflow_db(self) -> Path:

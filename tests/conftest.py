@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (REPO, S3_ENV, TINY_OVERRIDES, Bucket, CliRun, bertflow_cli, bertflow_in_terminal,
-                           build_tiny_classifier, free_port, make_bucket, moto_server_cmd, running, user_env)
+from tests.helpers import (REPO, S3_ENV, TINY_OVERRIDES, TINY_SWEEP_SPACE, Bucket, CliRun, bertflow_cli,
+                           bertflow_in_terminal, build_tiny_bert, build_tiny_classifier, free_port, make_bucket,
+                           moto_server_cmd, running, sweep_overrides, user_env)
 
 # Before anything imports prefect: keep its database and settings out of ~/.prefect.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="bertflow-test-prefect-")
@@ -116,3 +117,19 @@ def s3(s3_endpoint, monkeypatch, request) -> Bucket:
         monkeypatch.setenv(name, value)
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 10000}"
     return make_bucket(s3_endpoint, name)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_base(tmp_path_factory) -> Path:
+    """A random tiny BERT (2 x 64) as our pretraining exports it: a base to fine-tune in seconds."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(prefect_harness, tiny_bert_base, tmp_path_factory):
+    """One sweep of 4 trials, 2 at once, on its own workspace: complete, pruned and failed trials."""
+    from bertflow.api import sweep
+
+    ws = tmp_path_factory.mktemp("sweep-ws")
+    return ws, sweep(TINY_SWEEP_SPACE, "tiny", trials=4, parallel=2, workspace=ws,
+                     overrides=sweep_overrides(tiny_bert_base))

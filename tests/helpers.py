@@ -40,6 +40,23 @@ requires_shared_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../s
 
 TINY_OVERRIDES = ["pretrain.max_steps=30"]  # the tiny preset, shortened for the tests that run the whole pipeline
 
+# A sweep over the tiny preset's fine-tuning that exercises every trial state in 4 trials: with seed 0 the
+# sampler draws (epochs, text_column) = (1, text), (2, text), (2, text), (1, no_such_column), so trials 1 and 2
+# reach epoch 2 and the threshold pruner (no accuracy reaches 2.0) prunes them; trial 3 fails (no such column).
+TINY_SWEEP_SPACE = {
+    "params": {"finetune.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-3, "log": True},
+               "finetune.epochs": {"type": "categorical", "choices": [1, 2]},
+               "finetune.text_column": {"type": "categorical", "choices": ["text", "no_such_column"]}},
+    "sampler": {"seed": 0, "startup_trials": 4},
+    "pruner": {"kind": "threshold", "lower": 2.0, "min_epochs": 2},
+}
+TINY_SWEEP_STATES = ["complete", "pruned", "pruned", "failed"]
+
+
+def sweep_overrides(base_model: Path) -> list[str]:
+    """The tiny preset fine-tuning ``base_model`` on short sequences: a trial takes seconds."""
+    return [f"finetune.base_model={base_model}", "finetune.max_length=32"]
+
 
 # ================================================================================ data builders
 # Seeded synthetic texts: labelled rows for fine-tuning, sentences for the tiny classifier,

@@ -16,6 +16,7 @@ import pytest
 
 from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
 from bertflow.bert_core.configtools import resolve_paths
+from bertflow.bert_core.sweep.space import SweepSpace, load_space
 from bertflow.deployments.serve import NIGHTLY_OVERRIDES
 from bertflow.tasks import tracking
 from tests.helpers import REPO, TINY_OVERRIDES, free_port, running
@@ -97,7 +98,7 @@ def test_overlapping_runs_queue_instead_of_failing(deployed, tmp_path):
     """Two runs of a nightly deployment at once: the second waits for the first (deployment concurrency limit 1,
     ENQUEUE) rather than failing on the workspace lock, and both complete."""
     api, env, by_name = deployed
-    for name in ("nightly-pipeline", "nightly-score"):
+    for name in ("nightly-pipeline", "nightly-score", "weekly-sweep"):
         assert by_name[name]["global_concurrency_limit"]["limit"] == 1, name
         assert by_name[name]["concurrency_options"]["collision_strategy"] == "ENQUEUE", name
     ws = tmp_path / "ws"
@@ -170,14 +171,20 @@ def test_serve_py_matches_prefect_yaml():
         config = PipelineConfig.model_validate(resolve_paths(PipelineConfig, want.pop("config"), REPO))
         got = dict(dep.parameters)
         assert got.pop("config") == config, name
+        if "space" in want:
+            assert got.pop("space") == SweepSpace.model_validate(want.pop("space")), name
         assert got == want, name
         limit = by_name[name]["concurrency_limit"]
         assert (dep.concurrency_limit, dep.concurrency_options.collision_strategy.value) == (
             limit["limit"], limit["collision_strategy"]) == (1, "ENQUEUE"), name
         (sched,) = dep.schedules
         assert sched.schedule.cron == want_cron(by_name[name]) and sched.schedule.timezone == "Europe/London"
+        assert sched.active == by_name[name]["schedules"][0].get("active", True), name
     assert served["nightly-pipeline"].parameters["config"].flow.continue_from_champion
     assert served["nightly-score"].parameters["config"].score.model_uri == "models:/bertflow-tiny-books@champion"
+    weekly = served["weekly-sweep"]
+    assert not weekly.schedules[0].active  # optional: paused until a user turns it on
+    assert weekly.parameters["space"] == load_space("tiny")  # the packaged space, as prefect.yaml spells it out
 
 
 def want_cron(spec: dict) -> str:

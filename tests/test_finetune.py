@@ -239,6 +239,33 @@ def test_early_stopping_keeps_the_best_epochs_weights(tiny_bert, tmp_path):
     assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
 
 
+def test_on_epoch_sees_every_epoch_and_can_stop_or_abort_training(tiny_bert, tmp_path):
+    """``on_epoch`` gets each epoch's validation metrics; True stops with the best epoch kept, and an
+    exception (a pruned sweep trial) aborts the run before anything is written."""
+    train_csv = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(60, seed=9))
+    cfg = FinetuneConfig(train_path=str(train_csv), **{**FAST, "epochs": 4, "early_stopping_patience": 0})
+    seen = []
+
+    def stop_after_two(epoch, metrics):
+        seen.append((epoch, metrics["eval_metric"]))
+        return epoch == 2
+
+    result = run(cfg, tiny_bert, tmp_path / "stopped", on_epoch=stop_after_two)
+    assert [e for e, _ in seen] == [1, 2]
+    assert result.details["stop_reason"] == "on_epoch" and result.metrics["epochs_run"] == 2
+    assert [h["eval_metric"] for h in result.details["history"]] == [m for _, m in seen]
+
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch, metrics):
+        raise Pruned(epoch)
+
+    with pytest.raises(Pruned):
+        run(cfg, tiny_bert, tmp_path / "pruned", on_epoch=prune)
+    assert not (tmp_path / "pruned").exists()
+
+
 def test_autocast_path_recomputes_final_figures_in_fp32(tiny_bert, tmp_path, monkeypatch):
     """The GPU path (bf16 autocast for training and validation) run with CPU bf16 autocast:
     the reported figures and predictions come from an fp32 pass, so the export reproduces them."""

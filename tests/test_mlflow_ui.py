@@ -1,4 +1,5 @@
-"""A real browser on the MLflow UI: two pipeline runs told apart in the run table and the compare view.
+"""A real browser on the MLflow UI: two pipeline runs told apart in the run table and the compare view; a sweep's
+parent run with its trial runs and its parallel-coordinates plot.
 
 Starts `mlflow server` on 127.0.0.1 over the store of the ``cli_pipelines`` fixture (two tiny pipelines run by
 the `bertflow` command, ``finetune.lr`` 0.001 and 0.003) and drives Debian's Chromium with Playwright (no browser
@@ -94,3 +95,38 @@ def test_run_table_and_compare_view_tell_two_pipelines_apart(mlflow_ui, two_pipe
     page.screenshot(path=str(tmp_path / "mlflow-compare.png"))
     page.close()
     assert all((tmp_path / f"mlflow-{name}.png").stat().st_size > 0 for name in ("runs", "runs-expanded", "compare"))
+
+
+@pytest.fixture(scope="module")
+def sweep_ui(tiny_sweep):
+    """``mlflow server`` over the tiny sweep's own store."""
+    _, result = tiny_sweep
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", result.tracking_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running(cmd, f"{url}/health", timeout=90):
+        yield url
+
+
+def test_sweep_parent_lists_its_trials_and_opens_the_parallel_coordinates(sweep_ui, tiny_sweep, browser, tmp_path):
+    _, result = tiny_sweep
+    run_page = f"{sweep_ui}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+    page.goto(run_page)
+    page.get_by_text("Child runs", exact=True).first.wait_for(timeout=60_000)
+    for trial in result.trials:  # each trial run is a link on its parent's page
+        link = page.get_by_role("link", name=f"trial-{trial.number}", exact=True)
+        link.first.wait_for(timeout=30_000)
+        assert link.count() == 1
+    page.screenshot(path=str(tmp_path / "mlflow-sweep-parent.png"), full_page=True)
+
+    page.goto(f"{run_page}/artifacts/plots/parallel_coordinate.html")
+    plot = page.frame_locator("iframe.mlflow-html-iframe")
+    plot.get_by_text("Parallel Coordinate Plot").first.wait_for(timeout=60_000)  # plotly.js ran in the frame
+    assert plot.locator(".js-plotly-plot").count() == 1
+    for axis in ("eval_metric", "finetune.lr"):  # the study's metric, and a swept key
+        assert plot.get_by_text(axis, exact=True).count() >= 1, axis
+    page.screenshot(path=str(tmp_path / "mlflow-sweep-parallel-coordinates.png"))
+    page.close()

@@ -75,18 +75,21 @@ def test_wheel_imports_only_as_bertflow(wheel_venv, tmp_path):
     py = str(wheel_venv / "bin" / "python")
     proc = in_venv(wheel_venv, [py, "-c", (
         "import importlib, json, bertflow, bertflow.bert_core.config, bertflow.flows.pipeline, bertflow.tasks.stages\n"
+        "from bertflow.bert_core.sweep.space import load_space\n"
         "gone = []\n"
         "for name in ('tasks', 'flows', 'bert_core', 'deployments'):\n"
         "    try:\n"
         "        importlib.import_module(name)\n"
         "    except ImportError:\n"
         "        gone.append(name)\n"
-        "print(json.dumps({'file': bertflow.__file__, 'gone': gone, 'version': bertflow.__version__}))\n")], tmp_path)
+        "print(json.dumps({'file': bertflow.__file__, 'gone': gone, 'version': bertflow.__version__,\n"
+        "                  'space': sorted(load_space('tiny').params)}))\n")], tmp_path)
     assert proc.returncode == 0, proc.stderr
 
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(seen["file"]).is_relative_to(wheel_venv), seen["file"]
     assert seen["gone"] == ["tasks", "flows", "bert_core", "deployments"]
+    assert "finetune.lr" in seen["space"]  # the packaged search space (configs/spaces/) ships in the wheel
     typed = next(wheel_venv.glob("lib/python*/site-packages/bertflow/py.typed"))
     assert typed.is_file()
     version = in_venv(wheel_venv, [str(wheel_venv / "bin" / "bertflow"), "--version"], tmp_path)

@@ -38,7 +38,7 @@ from bertflow.bert_core.finetune.model import (
 from bertflow.bert_core.finetune.plots import save_confusion_png
 from bertflow.bert_core.finetune.train import train
 from bertflow.bert_core.safeload import require_safe_weights
-from bertflow.bert_core.stageio import (MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, model_dir_digest,
+from bertflow.bert_core.stageio import (EpochFn, MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, model_dir_digest,
                                         write_manifest)
 
 STAGE = "finetune"
@@ -50,8 +50,13 @@ def run(
     out_dir: str | Path,
     on_metrics: MetricsFn | None = None,
     on_progress: ProgressFn | None = None,
+    on_epoch: EpochFn | None = None,
 ) -> StageResult:
-    """Fine-tune ``base_model_dir`` (or ``cfg.base_model``) on ``cfg.train_path`` and write ``out_dir``."""
+    """Fine-tune ``base_model_dir`` (or ``cfg.base_model``) on ``cfg.train_path`` and write ``out_dir``.
+
+    ``on_epoch(epoch, metrics)`` runs after each epoch's validation: True stops training there,
+    an exception (a pruned sweep trial) aborts the run before anything is written.
+    """
     t0 = time.monotonic()
     base = check_model_dir(cfg.base_model or base_model_dir)
     require_safe_weights(base, cfg.allow_pickle_weights, "--set finetune.allow_pickle_weights=true")
@@ -76,7 +81,8 @@ def run(
 
         t_train = time.monotonic()
         outcome = train(
-            model, train_enc, lambda m: evaluate_with(m, amp), cfg, device, amp, pad_id, on_metrics, on_progress
+            model, train_enc, lambda m: evaluate_with(m, amp), cfg, device, amp, pad_id, on_metrics, on_progress,
+            on_epoch,
         )
         train_seconds = time.monotonic() - t_train
         # Final figures in fp32, the precision the exported model is loaded in by default.

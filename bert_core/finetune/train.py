@@ -17,7 +17,7 @@ from bertflow.bert_core.finetune.encode import IGNORE, Encoded
 from bertflow.bert_core.finetune.evaluate import HEADLINE, Evaluation
 from bertflow.bert_core.finetune.model import autocast
 from bertflow.bert_core.optim import Schedule, build_optimizer, set_lr
-from bertflow.bert_core.stageio import MetricsFn, ProgressFn, report
+from bertflow.bert_core.stageio import EpochFn, MetricsFn, ProgressFn, report
 
 
 @dataclass
@@ -41,9 +41,10 @@ def train(
     pad_id: int,
     on_metrics: MetricsFn | None = None,
     on_progress: ProgressFn | None = None,
+    on_epoch: EpochFn | None = None,
 ) -> TrainOutcome:
-    """Train for ``cfg.epochs`` (or until early stopping, ``max_steps`` or the time budget),
-    evaluating after every epoch; the model ends holding the best epoch's weights."""
+    """Train for ``cfg.epochs`` (or until early stopping, ``max_steps``, the time budget or ``on_epoch``
+    says stop), evaluating after every epoch; the model ends holding the best epoch's weights."""
     start_time = time.monotonic()
     budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
     token_task = train_enc.word_starts is not None
@@ -118,6 +119,9 @@ def train(
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
+        if on_epoch is not None and on_epoch(epoch, {"train_loss": record["train_loss"], **ev.metrics}):  # e.g. a sweep's pruner (which may raise)
+            stop_reason = "on_epoch"
+            break
         if out_of_budget:
             if stop_reason == "max_steps" and epoch == cfg.epochs:
                 stop_reason = "epochs"
