@@ -23,7 +23,7 @@ from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.filters import parse_filter
 from bertflow.bert_core.score.fingerprint import config_digest
 from bertflow.bert_core.stageio import model_dir_digest
-from bertflow.bert_core.score.output import OutputSpec, added_names
+from bertflow.bert_core.score.output import OutputSpec
 from bertflow.bert_core.score.results import COUNTS, FileJob, FileResult
 
 
@@ -35,6 +35,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
     scored again (``status="skipped"``). Bad rows are flagged, never fatal; an
     unreadable file or a missing column raises InputError.
     """
+    from bertflow.bert_core.score.heads import make_head
     from bertflow.bert_core.score.model import load_classifier
     from bertflow.bert_core.score.scorer import read_plan, score_stream
 
@@ -47,15 +48,15 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
     if commit_status(out, job.input_fingerprint, digest, model_dir_digest(model_dir))[0]:
         return FileResult.skipped(job, read_commit(out))
     clf = load_classifier(model_dir, cfg)
+    head = make_head(cfg, clf)
     try:
         pf = pq.ParquetFile(where)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{where}: not a readable Parquet file: {exc}") from None
     try:
-        rp = read_plan(cfg, pf.schema_arrow, dict(job.partition), parse_filter(cfg.filter), where, added_names(cfg))
+        rp = read_plan(cfg, pf.schema_arrow, dict(job.partition), parse_filter(cfg.filter), where, clf.head)
         spec = OutputSpec(
-            carried=rp.carried, labels=tuple(clf.labels), probabilities=cfg.probabilities,
-            embedding_dim=clf.hidden_size if cfg.embeddings != "none" else 0,
+            carried=rp.carried, head_fields=tuple(head.fields()),
             model_uri=model_uri or str(Path(model_dir).resolve()),
             model_version=model_version or clf.fingerprint[:19], prefix=cfg.output_prefix,
         )
@@ -80,7 +81,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
                 on_progress(done, max(job.rows, 0))
 
         try:
-            counts = score_stream(pf, where, tmp, clf, cfg, rp, spec, commit_record, on_rows)
+            counts = score_stream(pf, where, tmp, clf, head, cfg, rp, spec, commit_record, on_rows)
             written = pq.read_metadata(tmp).num_rows
             if written != counts.rows_out:
                 raise RuntimeError(f"{where}: output file holds {written} rows, expected {counts.rows_out}")

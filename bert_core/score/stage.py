@@ -34,7 +34,7 @@ from bertflow.bert_core.score.filters import parse_filter
 from bertflow.bert_core.score.fingerprint import config_digest, input_fingerprint
 from bertflow.bert_core.score.lake import discover, output_path
 from bertflow.bert_core.score.one_file import FileWork, score_file
-from bertflow.bert_core.score.output import added_names
+from bertflow.bert_core.score.heads import head_name
 from bertflow.bert_core.score.results import FileJob, FileResult, ScoreResult
 
 __all__ = ["FileJob", "FileResult", "ScoreResult", "FileWork", "FileScorer", "plan", "score_file", "score_in_process",
@@ -57,6 +57,7 @@ def plan(cfg: ScoreConfig, out_dir: str | Path, model_dir: str | Path | None = N
     root, files = discover(cfg.input, exclude=out)
     digest = config_digest(cfg)
     model_fp = model_dir_digest(model_dir) if model_dir is not None else None
+    head = head_name(cfg, model_dir)
     jobs, seen, schema_errors, readable = [], {}, [], 0
     for f in files:
         where = str(f.path)
@@ -68,7 +69,7 @@ def plan(cfg: ScoreConfig, out_dir: str | Path, model_dir: str | Path | None = N
             schema = meta.schema.to_arrow_schema()
             readable += 1
             try:
-                read_plan(cfg, schema, dict(f.partition), flt, where, added_names(cfg))
+                read_plan(cfg, schema, dict(f.partition), flt, where, head)
             except InputError as exc:
                 problem = str(exc)
                 schema_errors.append(exc)
