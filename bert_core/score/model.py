@@ -97,6 +97,7 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
     if key not in _cache:
         _cache.clear()  # one model at a time: scoring runs hold one, and GPU memory is not free
         _cache[key] = _load(model_dir, cfg, device, dtype, fingerprint)
+    make_head(cfg, _cache[key])  # a cached model too: settings its head cannot honour fail here, before any file
     return _cache[key]
 
 
