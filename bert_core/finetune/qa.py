@@ -88,7 +88,11 @@ def evaluate_qa(outputs: SpanOutputs, windows: QaWindows, examples: QaExamples, 
         margins = np.array([a.null_margin for a in answers], dtype=np.float64)
         has = np.array([bool(refs) for refs in golds])
         _, f1 = question_scores(golds, spans, "2.0")
-        best_f1, threshold = best_threshold(f1, spans, margins, has)
+        _, threshold = best_threshold(f1, spans, margins, has)
+        # The sweep's threshold is one question's own margin; halfway to the next one is the same choice on
+        # validation and does not flip that question on float noise when it is scored again elsewhere.
+        above = margins[margins > threshold]
+        threshold = float((threshold + above.min()) / 2) if above.size else threshold + 1.0
         final = ["" if m > threshold else p for p, m in zip(spans, margins)]
         metrics["null_threshold"] = threshold
     report = qa_report(golds, final, version)

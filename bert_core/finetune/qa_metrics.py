@@ -79,19 +79,19 @@ def best_threshold(exact_or_f1: np.ndarray, preds: Sequence[str], na_scores: np.
             score += -1.0 if preds[i] else 0.0
         if score > best:
             best, thresh = score, float(na_scores[i])
-    return 100.0 * best / n, thresh
+    return 100.0 * float(best) / n, thresh
 
 
 def qa_report(golds: Sequence[Sequence[str]], preds: Sequence[str], version: str = "1.1") -> dict[str, float]:
     """``exact_match`` and ``f1`` (0-100); for v2.0 also ``HasAns_*`` and ``NoAns_*`` figures and totals."""
     exact, f1 = question_scores(golds, preds, version)
     n = max(1, len(preds))
-    report = {"exact_match": 100.0 * exact.sum() / n, "f1": 100.0 * f1.sum() / n}
+    report = {"exact_match": 100.0 * float(exact.sum()) / n, "f1": 100.0 * float(f1.sum()) / n}
     if version == "2.0":
         has = np.array([len(refs) > 0 for refs in golds], dtype=bool)  # as the script: any reference at all
         for name, part in (("HasAns", has), ("NoAns", ~has)):
             k = int(part.sum())
             report[f"{name}_total"] = float(k)
-            report[f"{name}_exact"] = 100.0 * exact[part].sum() / k if k else 0.0
-            report[f"{name}_f1"] = 100.0 * f1[part].sum() / k if k else 0.0
+            report[f"{name}_exact"] = 100.0 * float(exact[part].sum()) / k if k else 0.0
+            report[f"{name}_f1"] = 100.0 * float(f1[part].sum()) / k if k else 0.0
     return report
