@@ -42,7 +42,8 @@ class QaHead(Head):
 
     def __init__(self, cfg, clf) -> None:
         super().__init__(cfg, clf)
-        self.windowing = QaWindowing(clf.tokenizer, clf.max_length, cfg.stride, cfg.max_windows)
+        self.windowing = clf.reuse(("qa-windows", cfg.stride, cfg.max_windows),
+                                   lambda: QaWindowing(clf.tokenizer, clf.max_length, cfg.stride, cfg.max_windows))
         self.max_answer_length = int(cfg.max_answer_length or self.meta.get("max_answer_length")
                                      or DEFAULT_MAX_ANSWER_LENGTH)
         threshold = self.meta.get("null_threshold") if self.meta.get("version_2_with_negative") else None

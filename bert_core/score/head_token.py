@@ -37,24 +37,29 @@ class TokenWindows:
     first_feature: np.ndarray  # per scored row, the number of its first window among the model's inputs
 
 
+def _windowing(clf, stride: int):
+    """A copy of the model's tokenizer that returns a long text's overflowing windows, ``stride`` tokens apart."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(clf.tokenizer.to_str())
+    tok.no_padding()
+    tok.enable_truncation(max_length=clf.max_length, stride=stride, strategy="longest_first")
+    return tok
+
+
 class TokenHead(Head):
     name = "token"
     windowed = True
 
     def __init__(self, cfg, clf) -> None:
         super().__init__(cfg, clf)
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(clf.tokenizer.to_str())
-        specials = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor else 0
+        specials = clf.tokenizer.post_processor.num_special_tokens_to_add(False) if clf.tokenizer.post_processor else 0
         if cfg.stride >= clf.max_length - specials:
             raise ValueError(f"score.stride ({cfg.stride}) must be below the window's {clf.max_length - specials} "
                              f"text tokens (max_length {clf.max_length} less {specials} special tokens)")
-        tok.no_padding()
-        tok.enable_truncation(max_length=clf.max_length, stride=cfg.stride, strategy="longest_first")
-        self.tokenizer = tok
+        self.tokenizer = clf.reuse(("token-windows", cfg.stride), lambda: _windowing(clf, cfg.stride))
         self.tags = TagSet.of(clf.labels)
-        self.word_pieces = bool(getattr(tok.model, "continuing_subword_prefix", None))
+        self.word_pieces = bool(getattr(self.tokenizer.model, "continuing_subword_prefix", None))
         self.max_chars = clf.max_length * cfg.max_windows * _CHARS_PER_TOKEN_CAP
 
     def check(self) -> None:
