@@ -241,7 +241,7 @@ def test_entities_column_reads_back_in_duckdb(token_model, tmp_path):
     run(score_cfg(tmp_path / "lake", stride=8), token_model, tmp_path / "out")
     top = duckdb.sql(f"""
         SELECT e.label, lower(e.text) AS entity, count(*) AS n
-        FROM read_parquet('{tmp_path}/out/*.parquet'), unnest(entities) AS u(e)
+        FROM read_parquet('{tmp_path}/out/**/*.parquet', hive_partitioning = true), unnest(entities) AS u(e)
         WHERE e.label = 'PER' GROUP BY ALL ORDER BY n DESC, entity LIMIT 3""").fetchall()
     flat = [e for r in read_scored(tmp_path / "out").to_pylist() for e in r["entities"] if e["label"] == "PER"]
     assert top and top[0][2] == max(sum(1 for f in flat if f["text"].lower() == t) for t in {f["text"].lower()

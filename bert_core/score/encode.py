@@ -3,14 +3,16 @@
 Bad rows never stop a file. Error codes (the output's ``error`` column):
 
 - ``null_text`` / ``empty_text`` (empty or whitespace-only), and ``null_text_pair`` /
-  ``empty_text_pair`` for the second segment in pair mode: not scored;
+  ``empty_text_pair`` for the second segment in pair mode; the qa head's ``null_question``,
+  ``empty_question``, ``null_context``, ``empty_context``: not scored;
 - ``not_text:<type>``: the text column is not a string (an int column named as text),
   not scored; ``non_string_text="cast"`` instead casts numbers and booleans to text
   and scores them (we default to the error: a silent cast would score ids as prose);
 - ``invalid_utf8``: a string cell whose bytes are not UTF-8 (a broken writer), not scored;
-- ``truncated``: longer than ``max_length`` tokens, cut and **scored**. Very long
-  strings are cut to ``max_length * 64`` characters before tokenizing, so one 100 MB
-  cell costs no more than a normal row.
+- ``truncated``: cut and **scored**: longer than ``max_length`` tokens (sequence head), or
+  than ``max_windows`` windows (token and qa heads, which window long texts instead), or
+  a qa question longer than 64 tokens. Very long strings are cut to 64 characters per
+  token of room before tokenizing, so one 100 MB cell costs no more than a normal row.
 
 Unscored rows get null predictions.
 
