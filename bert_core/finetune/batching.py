@@ -50,6 +50,9 @@ def collate(enc: Encoded, idx: np.ndarray, pad_id: int, pad_to_multiple: int = 1
             t = enc.token_type_ids[i]
             types[r, : len(t)] = torch.as_tensor(t, dtype=torch.long)
         batch["token_type_ids"] = types
+    if enc.positions is not None:
+        batch["start_positions"] = torch.as_tensor(enc.positions[idx, 0], dtype=torch.long)
+        batch["end_positions"] = torch.as_tensor(enc.positions[idx, 1], dtype=torch.long)
     if enc.labels is not None:
         if enc.word_starts is None:
             batch["labels"] = torch.as_tensor([enc.labels[i] for i in idx], dtype=torch.long)

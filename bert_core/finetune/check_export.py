@@ -12,6 +12,7 @@ from bertflow.bert_core.finetune.infer import SequenceOutputs, TokenOutputs
 
 SAMPLE = 64  # validation examples re-predicted from the export
 TOLERANCE = 5e-3  # probabilities differ by float noise when batches are shaped differently (or TF32 is on)
+LOGIT_TOLERANCE = 2e-2  # span logits are unbounded: the same float noise, on a larger scale
 
 
 def compare_with_export(
@@ -47,4 +48,28 @@ def compare_with_export(
             f"exported model in {model_dir} disagrees with the trained one on the validation set "
             f"(max probability difference {diff:.2e}, {mismatches} confident label mismatches)"
         )
+    return {"examples": float(k), "max_abs_diff": diff}
+
+
+def compare_qa_export(model_dir: Path, valid, ours, windows, device: torch.device, batch_size: int
+                      ) -> dict[str, float]:
+    """Question answering: re-decode the first validation questions from ``model_dir``; raise if the
+    exported model's span logits differ from the trained one's (``ours``: its SpanOutputs on ``windows``)."""
+    from bertflow.bert_core.finetune.predict import Predictor
+
+    k = min(SAMPLE, len(valid))
+    predictor = Predictor(model_dir, device=str(device), batch_size=batch_size)
+    sub = valid.subset(range(k))
+    their_windows, theirs = predictor.span_outputs(sub.questions, sub.contexts)
+    mine = [w for w in range(len(windows)) if windows.example[w] < k]
+    if len(mine) != len(their_windows):
+        raise RuntimeError(f"exported model in {model_dir} cuts the validation questions into {len(their_windows)} "
+                           f"windows, the trained one into {len(mine)}")
+    diff = 0.0
+    for a, w in enumerate(mine):
+        for x, y in ((ours.start[w], theirs.start[a]), (ours.end[w], theirs.end[a])):
+            diff = max(diff, float(np.abs(x - y).max()) if len(x) else 0.0)
+    if diff > LOGIT_TOLERANCE:
+        raise RuntimeError(f"exported model in {model_dir} disagrees with the trained one on the validation set "
+                           f"(max span logit difference {diff:.2e})")
     return {"examples": float(k), "max_abs_diff": diff}

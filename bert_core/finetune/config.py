@@ -1,4 +1,4 @@
-"""Typed configuration of fine-tuning (sequence or token classification)."""
+"""Typed configuration of fine-tuning (sequence or token classification, extractive question answering)."""
 
 from __future__ import annotations
 
@@ -12,23 +12,36 @@ from bertflow.bert_core.configtools import Config, PathStr
 class FinetuneConfig(Config):
     section = "finetune"
 
-    task: Literal["sequence", "token"] = Field(
-        "sequence", description="sequence: one label per text; token: one tag per word (e.g. NER)")
-    train_path: PathStr = Field("data/labeled/train.csv", description="Training data: Parquet, CSV/TSV or CoNLL file")
+    task: Literal["sequence", "token", "qa"] = Field(
+        "sequence", description="sequence: one label per text; token: one tag per word (e.g. NER); "
+                                "qa: extractive question answering (SQuAD)")
+    train_path: PathStr = Field(
+        "data/labeled/train.csv",
+        description="Training data: Parquet, CSV/TSV or CoNLL file; qa: SQuAD JSON (v1.1/v2.0), JSONL or Parquet")
     valid_path: PathStr | None = Field(
-        None, description="Validation data; null: split valid_fraction off the training data (seeded)")
+        None, description="Validation data; null: split valid_fraction off the training data (seeded; "
+                          "qa: whole articles, or contexts when there are no titles)")
     text_column: str = Field(
         "text", description="Text column; token task: a list<string> of words, or one string split on whitespace")
     text_pair_column: str | None = Field(None, description="Second segment for sentence-pair tasks")
     label_column: str = Field(
         "label", description="Label column; token task: a list<string> of tags, or one string split on whitespace")
+    question_column: str = Field("question", min_length=1, description="qa, JSONL/Parquet rows: the question")
+    context_column: str = Field("context", min_length=1, description="qa, JSONL/Parquet rows: the passage")
+    answers_column: str = Field(
+        "answers", min_length=1,
+        description="qa, JSONL/Parquet rows: answers as {text: [...], answer_start: [...]}; empty: unanswerable")
+    doc_stride: int = Field(
+        128, ge=0, description="qa: tokens shared by consecutive windows of a context longer than max_length")
+    max_answer_length: int = Field(30, ge=1, description="qa: tokens per predicted answer at most")
     conll_tag_field: int = Field(
         -1, description="CoNLL files: which whitespace-separated field holds the tag (-1: the last)")
     base_model: PathStr | None = Field(
         None, description="Local HF BERT dir to fine-tune; null: the pipeline's pretrained checkpoint")
     allow_pickle_weights: bool = Field(
         False, description="Also load a pickle checkpoint (pytorch_model.bin); only for files you trust")
-    max_length: int = Field(128, ge=8, description="Tokens per example; longer ones are truncated")
+    max_length: int = Field(
+        128, ge=8, description="Tokens per example; longer ones are truncated (qa: windows of the context)")
     epochs: int = Field(3, ge=1, description="Passes over the training data")
     batch_size: int = Field(32, ge=1, description="Training examples per optimizer step")
     eval_batch_size: int = Field(128, ge=1, description="Inference batch size (validation, export check)")

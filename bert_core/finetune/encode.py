@@ -25,6 +25,7 @@ class Encoded:
     token_type_ids: list[list[int]] | None
     labels: list | None  # sequence: one id per example; token: one list per example (IGNORE on non-first pieces)
     word_starts: list[np.ndarray] | None = None  # token task only
+    positions: np.ndarray | None = None  # qa task: (start, end) answer token per window; (0, 0): [CLS], no answer
 
     def __len__(self) -> int:
         return len(self.input_ids)

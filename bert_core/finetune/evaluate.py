@@ -11,7 +11,7 @@ from bertflow.bert_core.finetune.examples import Examples, TaggedExamples, TextE
 from bertflow.bert_core.finetune.infer import SequenceOutputs, TokenOutputs
 from bertflow.bert_core.finetune.metrics import classification_report, entity_report
 
-HEADLINE = {"sequence": "accuracy", "token": "entity_f1"}  # the metric early stopping and promotion use
+HEADLINE = {"sequence": "accuracy", "token": "entity_f1", "qa": "f1"}  # the metric early stopping and promotion use
 
 
 @dataclass

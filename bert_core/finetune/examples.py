@@ -56,7 +56,36 @@ class TaggedExamples:
         return _records_digest(self.records())
 
 
-Examples = TextExamples | TaggedExamples
+@dataclass(frozen=True)
+class QaExamples:
+    """Extractive question answering: a question about a context and its answer spans (none: unanswerable)."""
+
+    ids: list[str]
+    questions: list[str]
+    contexts: list[str]
+    answers: list[list[tuple[str, int]]]  # (text, character start) per reference answer; [] = unanswerable
+    groups: list[str]  # what the validation split keeps together: the article title, else the context
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def subset(self, indices: Sequence[int]) -> QaExamples:
+        return QaExamples(*([getattr(self, f)[i] for i in indices] for f in
+                            ("ids", "questions", "contexts", "answers", "groups")))
+
+    @property
+    def has_unanswerable(self) -> bool:
+        return any(not a for a in self.answers)
+
+    def records(self) -> list[list]:
+        return [[i, q, c, [list(a) for a in ans]] for i, q, c, ans in
+                zip(self.ids, self.questions, self.contexts, self.answers)]
+
+    def digest(self) -> str:
+        return _records_digest(self.records())
+
+
+Examples = TextExamples | TaggedExamples | QaExamples
 
 
 def _records_digest(records: list[list]) -> str:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-META_FILE = "bertflow_finetune.json"  # task, max length, label names: what predict needs beyond config.json
+META_FILE = "bertflow_finetune.json"  # task, max length, label names, QA settings: what predict needs beyond config.json
 
 
 def export_model(model, tokenizer, dst: str | Path, meta: dict[str, Any], base_dir: str | Path | None = None) -> Path:
@@ -38,5 +38,9 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     archs = config.get("architectures") or []
-    task = "token" if any(a.endswith("ForTokenClassification") for a in archs) else "sequence"
+    task = "sequence"
+    if any(a.endswith("ForTokenClassification") for a in archs):
+        task = "token"
+    elif any(a.endswith("ForQuestionAnswering") for a in archs):
+        task = "qa"
     return {"task": task, "max_length": min(512, int(config.get("max_position_embeddings", 512)))}

@@ -20,6 +20,12 @@ class SequenceOutputs:
 
 
 @dataclass
+class SpanOutputs:
+    start: list[np.ndarray]  # per window, start logit per token
+    end: list[np.ndarray]
+
+
+@dataclass
 class TokenOutputs:
     pred: list[np.ndarray]  # per example, one label id per word
     score: list[np.ndarray]  # per example, probability of each word's label (0 for words lost to truncation)
@@ -76,3 +82,29 @@ def infer(
         return TokenOutputs(tok_pred, tok_score)  # type: ignore[arg-type]
     pred = seq_probs.argmax(axis=1)
     return SequenceOutputs(pred, seq_probs[np.arange(n), pred], seq_probs)
+
+
+@torch.no_grad()
+def infer_spans(model, enc: Encoded, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None,
+                pad_id: int) -> SpanOutputs:
+    """Start and end logits of every window of ``enc`` (question answering), trimmed to each window's length."""
+    was_training = model.training
+    model.eval()
+    pad_multiple = 8 if device.type == "cuda" else 1
+    starts: list[np.ndarray | None] = [None] * len(enc)
+    ends: list[np.ndarray | None] = [None] * len(enc)
+    try:
+        for idx in sorted_batches(enc.lengths, batch_size):
+            batch = collate(enc, idx, pad_id, pad_multiple)
+            for key in ("labels", "start_positions", "end_positions"):
+                batch.pop(key, None)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast(device, amp_dtype):
+                out = model(**batch)
+            s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+            for r, i in enumerate(idx):
+                k = len(enc.input_ids[i])
+                starts[i], ends[i] = s[r, :k], e[r, :k]
+    finally:
+        model.train(was_training)
+    return SpanOutputs(starts, ends)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Load a base BERT with a fresh classification head, pick the device, set CPU threads."""
+"""Load a base BERT with a fresh head (classification, token tags, answer spans), pick the device, set CPU threads."""
 
 from __future__ import annotations
 
@@ -97,30 +97,32 @@ def load_tokenizer(model_dir: str | Path):
         ) from None
 
 
-def build_model(model_dir: str | Path, task: str, label_names: Sequence[str], allow_pickle_weights: bool = False):
-    """The base encoder with a new, randomly initialised head for ``label_names``."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+def _auto_class(task: str):
+    import transformers
 
+    return getattr(transformers, {"token": "AutoModelForTokenClassification", "qa": "AutoModelForQuestionAnswering"}
+                   .get(task, "AutoModelForSequenceClassification"))
+
+
+def build_model(model_dir: str | Path, task: str, label_names: Sequence[str], allow_pickle_weights: bool = False):
+    """The base encoder with a new, randomly initialised head for ``label_names`` (qa: start/end logits)."""
     require_safe_weights(model_dir, allow_pickle_weights, "--set finetune.allow_pickle_weights=true")
-    auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
-    id2label = {i: n for i, n in enumerate(label_names)}
-    label2id = {n: i for i, n in enumerate(label_names)}
+    auto = _auto_class(task)
+    labels = {}
+    if task != "qa":
+        labels = dict(num_labels=len(label_names), id2label={i: n for i, n in enumerate(label_names)},
+                      label2id={n: i for i, n in enumerate(label_names)})
     with quiet_transformers():
         try:
-            return auto.from_pretrained(
-                str(model_dir), num_labels=len(label_names), id2label=id2label, label2id=label2id,
-                **hf_model_kwargs(allow_pickle_weights),
-            )
+            return auto.from_pretrained(str(model_dir), **labels, **hf_model_kwargs(allow_pickle_weights))
         except load_errors() as exc:  # a truncated model.safetensors too: named, not a raw SafetensorError
             raise load_error(model_dir, f"cannot load a BERT model from {model_dir}", exc) from None
 
 
 def load_finetuned(model_dir: str | Path, task: str, allow_pickle_weights: bool = False):
     """An exported fine-tuned model, through the Auto classes as any Hugging Face user would."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
     require_safe_weights(model_dir, allow_pickle_weights, "allow_pickle_weights=True")
-    auto = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
+    auto = _auto_class(task)
     try:
         with quiet_transformers():
             return auto.from_pretrained(str(model_dir), **hf_model_kwargs(allow_pickle_weights))

@@ -1,4 +1,4 @@
-"""Load an exported fine-tuned directory and predict labels for texts (or tags for words).
+"""Load an exported fine-tuned directory and predict labels for texts (tags for words, answers for questions).
 
 This is what tests, the export check and the MLflow pyfunc wrapper use; it goes through
 ``AutoTokenizer`` and the ``AutoModelFor*Classification`` classes only, so what it
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.finetune.encode import encode_texts, encode_words
 from bertflow.bert_core.finetune.export import read_meta
-from bertflow.bert_core.finetune.infer import SequenceOutputs, TokenOutputs, infer
+from bertflow.bert_core.finetune.infer import SequenceOutputs, SpanOutputs, TokenOutputs, infer, infer_spans
 from bertflow.bert_core.finetune.model import autocast_dtype, check_model_dir, load_finetuned, load_tokenizer, resolve_device
 
 
@@ -50,6 +51,7 @@ class Predictor:
         id2label = self.model.config.id2label
         self.label_names = [str(id2label[i]) for i in range(self.model.config.num_labels)]
         self._missing_id = self.label_names.index("O") if "O" in self.label_names else 0
+        self.meta = meta
 
     @property
     def pad_id(self) -> int:
@@ -68,8 +70,38 @@ class Predictor:
         out = self.token_outputs(words)
         return [[self.label_names[i] for i in p] for p in out.pred]
 
+    def span_outputs(self, questions: Sequence[str], contexts: Sequence[str]):
+        """QA models: the windows of each (question, context) pair and their start/end logits."""
+        from bertflow.bert_core.heads.qa import QaWindowing
+
+        win = QaWindowing(self.tokenizer.backend_tokenizer, self.max_length, int(self.meta.get("doc_stride", 128)))
+        windows = win.encode(list(questions), list(contexts))
+        types = windows.type_ids if "token_type_ids" in getattr(self.tokenizer, "model_input_names", []) else None
+        from bertflow.bert_core.finetune.encode import Encoded
+
+        enc = Encoded(windows.input_ids, types, None)
+        out: SpanOutputs = infer_spans(self.model, enc, self.batch_size, self.device, self.amp_dtype, self.pad_id)
+        return windows, out
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[str], null_threshold: float | None = None):
+        """QA models: one :class:`~bertflow.bert_core.heads.qa.Answer` per question (text None: no answer).
+
+        SQuAD 2.0 models use the threshold chosen at fine-tuning unless ``null_threshold`` is given.
+        """
+        from bertflow.bert_core.heads.qa import choose_answers
+
+        if self.task != "qa":
+            raise InputError(f"{self.model_dir} is a {self.task} model, not a question answering one")
+        windows, out = self.span_outputs(questions, contexts)
+        if null_threshold is None and self.meta.get("version_2_with_negative"):
+            null_threshold = self.meta.get("null_threshold")
+        return choose_answers(out.start, out.end, windows, list(contexts),
+                              int(self.meta.get("max_answer_length", 30)), null_threshold, len(questions))
+
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[Prediction]:
         """Sequence models: a label per text; token models: tags per whitespace-separated word."""
+        if self.task == "qa":
+            raise InputError(f"{self.model_dir} answers questions: call answer(questions, contexts)")
         texts = ["" if t is None else str(t) for t in texts]
         if self.task == "token":
             words = [t.split() for t in texts]

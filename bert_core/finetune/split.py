@@ -41,3 +41,21 @@ def split_indices(
     mask = np.zeros(n, dtype=bool)
     mask[valid] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def split_groups(groups: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train_idx, valid_idx)`` with whole groups on one side: ``round(fraction * groups)`` groups
+    (at least one, and at least one left to train on) go to validation.
+
+    Question answering splits by article (or context): questions about one passage share
+    it, so a split by question would let validation peek at training passages.
+    """
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise InputError(f"need at least 2 articles (or contexts) to split off a validation set, got {len(names)}; "
+                         "give finetune.valid_path")
+    rng = np.random.default_rng(seed)
+    k = min(len(names) - 1, max(1, int(round(fraction * len(names)))))
+    held = {names[i] for i in rng.permutation(len(names))[:k]}
+    mask = np.fromiter((g in held for g in groups), dtype=bool, count=len(groups))
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

@@ -1,13 +1,17 @@
-"""Fine-tuning stage: base BERT + labelled file -> exported classifier, metrics, predictions.
+"""Fine-tuning stage: base BERT + labelled file -> exported classifier (or QA model), metrics, predictions.
 
 Output directory (built atomically)::
 
     model/                  HF directory: config.json (id2label/label2id), model.safetensors,
-                            tokenizer files, bertflow_finetune.json (task, max_length)
+                            tokenizer files, bertflow_finetune.json (task, max_length; qa: doc_stride,
+                            max_answer_length, null_threshold)
     metrics.json            headline metrics, per-class figures, confusion matrix, per-epoch history
     confusion_matrix.png    sequence task only (skipped where matplotlib is missing)
     predictions.parquet     the validation set with gold labels and our predictions
     manifest.json           config, input digests, counts, versions
+
+Extractive question answering (``task: qa``) runs the same training loop and export
+through :mod:`bert_core.finetune.qa_stage`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from bertflow.bert_core.configtools import to_dict
 from bertflow.bert_core.finetune.check_export import compare_with_export
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.data import LabelledData, load_data
@@ -36,12 +39,10 @@ from bertflow.bert_core.finetune.model import (
     resolve_device,
 )
 from bertflow.bert_core.finetune.plots import save_confusion_png
+from bertflow.bert_core.finetune.report import STAGE, manifest, write_parquet
 from bertflow.bert_core.finetune.train import train
 from bertflow.bert_core.safeload import require_safe_weights
-from bertflow.bert_core.stageio import (EpochFn, MetricsFn, ProgressFn, StageResult, atomic_dir, file_digest, model_dir_digest,
-                                        write_manifest)
-
-STAGE = "finetune"
+from bertflow.bert_core.stageio import EpochFn, MetricsFn, ProgressFn, StageResult, atomic_dir, write_manifest
 
 
 def run(
@@ -61,6 +62,10 @@ def run(
     base = check_model_dir(cfg.base_model or base_model_dir)
     require_safe_weights(base, cfg.allow_pickle_weights, "--set finetune.allow_pickle_weights=true")
     out_dir = Path(out_dir)
+    if cfg.task == "qa":
+        from bertflow.bert_core.finetune.qa_stage import run_qa
+
+        return run_qa(cfg, base, out_dir, on_metrics, on_progress, on_epoch)
     data = load_data(cfg)  # every input error surfaces here, before any model is loaded
     names = data.label_names
     max_length = min(cfg.max_length, max_positions(base))  # a longer input would index past the position table
@@ -108,7 +113,7 @@ def run(
         with atomic_dir(out_dir) as tmp:
             export_model(model, tokenizer, tmp / "model", meta, base_dir=base)
             export_check = compare_with_export(tmp / "model", data.valid, final.outputs, device, cfg.eval_batch_size)
-            _write_parquet(predictions_table(data.valid, final.outputs, names), tmp / "predictions.parquet")
+            write_parquet(predictions_table(data.valid, final.outputs, names), tmp / "predictions.parquet")
             title = f"validation confusion matrix ({len(data.valid)} examples)"
             has_png = cfg.task == "sequence" and save_confusion_png(
                 final.confusion, names, tmp / "confusion_matrix.png", title
@@ -128,7 +133,8 @@ def run(
             (tmp / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
             runtime = {"device": str(device), "autocast": str(amp) if amp else None, "cpu_threads": threads,
                        "wall_seconds": time.monotonic() - t0}
-            write_manifest(tmp, _manifest(cfg, base, data, metrics, eval_digest, runtime))
+            counts = {"train_examples": len(data.train), "valid_examples": len(data.valid), "labels": len(names)}
+            write_manifest(tmp, manifest(cfg, base, counts, metrics, eval_digest, runtime))
 
     details = {
         "model_dir": str(out_dir / "model"),
@@ -153,37 +159,3 @@ def _encode(cfg: FinetuneConfig, tokenizer, data: LabelledData, max_length: int,
                 encode_words(tokenizer, data.valid.words, data.valid_ids, max_length))
     return (encode_texts(tokenizer, data.train.texts, data.train.pairs, data.train_ids, max_length),
             encode_texts(tokenizer, data.valid.texts, data.valid.pairs, data.valid_ids, max_length))
-
-
-def _manifest(
-    cfg: FinetuneConfig, base: Path, data: LabelledData, metrics: dict, eval_digest: str, runtime: dict
-) -> dict:
-    import transformers
-
-    return {
-        "stage": STAGE,
-        "config": to_dict(cfg),
-        "inputs": {
-            "train_path": str(cfg.train_path),
-            "train_digest": file_digest(cfg.train_path),
-            "valid_path": cfg.valid_path,
-            "valid_digest": file_digest(cfg.valid_path) if cfg.valid_path else None,
-            "base_model": str(base),
-            "base_model_digest": model_dir_digest(base),
-        },
-        "counts": {
-            "train_examples": len(data.train),
-            "valid_examples": len(data.valid),
-            "labels": len(data.label_names),
-        },
-        "metrics": metrics,
-        "eval_set_digest": eval_digest,
-        "runtime": {**runtime, "torch": torch.__version__, "transformers": transformers.__version__},
-    }
-
-
-def _write_parquet(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, path, compression="zstd")
-

@@ -78,10 +78,7 @@ def train(
         for batch_idx in bucketed_batches(lengths, cfg.batch_size, rng, cfg.bucket_batches):
             batch = collate(train_enc, usable[batch_idx], pad_id, pad_multiple)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with autocast(device, amp_dtype):
-                logits = model(**batch).logits
-            loss = F.cross_entropy(logits.float().reshape(-1, num_labels), labels.reshape(-1), ignore_index=IGNORE)
+            loss = batch_loss(model, batch, num_labels, device, amp_dtype)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm > 0:
@@ -133,3 +130,16 @@ def train(
     assert best_state is not None and best_eval is not None
     model.load_state_dict(best_state)
     return TrainOutcome(best_epoch, epoch, step, best_eval, stop_reason, history, best_eval_fp32=amp_dtype is None)
+
+
+def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_labels: int, device: torch.device,
+               amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """Cross-entropy of a batch: over labels (sequence), over first word pieces (token), or the mean of the
+    answer start and end positions' (qa, as BERT's SQuAD fine-tuning). Logits are upcast to fp32 first."""
+    labels = batch.pop("labels", None)
+    starts, ends = batch.pop("start_positions", None), batch.pop("end_positions", None)
+    with autocast(device, amp_dtype):
+        out = model(**batch)
+    if starts is not None:
+        return (F.cross_entropy(out.start_logits.float(), starts) + F.cross_entropy(out.end_logits.float(), ends)) / 2
+    return F.cross_entropy(out.logits.float().reshape(-1, num_labels), labels.reshape(-1), ignore_index=IGNORE)

@@ -24,8 +24,13 @@ class ScoreConfig(Config):
         description="Name of this scoring job (its default output folder); null: the input's name + a hash of it")
     overwrite: bool = Field(
         False, description="Replace an output that holds another input's results (else such a run is refused)")
-    text_column: str = Field("text", min_length=1, description="Column holding the text to classify")
+    head: Literal["auto", "sequence", "token", "qa"] = Field(
+        "auto", description="What the model predicts: auto (from its config: architectures, bertflow's export "
+                            "marker), sequence (a label per row), token (entity spans), qa (an answer span)")
+    text_column: str = Field("text", min_length=1, description="Column holding the text to classify (sequence, token)")
     text_pair_column: str | None = Field(None, description="Second text column for sentence-pair models")
+    question_column: str = Field("question", min_length=1, description="qa head: the column holding the question")
+    context_column: str = Field("context", min_length=1, description="qa head: the column holding the passage")
     key_columns: Strings | None = Field(
         None, description="Input columns carried into the output; null: every non-text column")
     where: str | None = Field(
@@ -37,7 +42,23 @@ class ScoreConfig(Config):
     allow_pickle_weights: bool = Field(
         False, description="Also load a pickle checkpoint (pytorch_model.bin); only for files you trust")
     batch_size: int = Field(64, ge=1, description="Rows per model forward pass")
-    max_length: int = Field(128, ge=8, description="Tokens per row; longer texts are truncated")
+    max_length: int = Field(
+        128, ge=8, description="Tokens per model window; sequence head: longer texts are truncated; token and qa "
+                               "heads: longer texts are scored in overlapping windows")
+    stride: int = Field(
+        32, ge=0, description="token and qa heads: tokens shared by consecutive windows of a long text")
+    max_windows: int = Field(
+        64, ge=1, description="token and qa heads: windows per row at most; the rest of a longer text is cut "
+                              "(flagged truncated)")
+    aggregation: Literal["simple", "first", "max", "average"] = Field(
+        "simple", description="token head: how word pieces become entities (as transformers' "
+                              "aggregation_strategy): simple (per piece), first, max or average (per word)")
+    tokens: bool = Field(False, description="token head: add the tokens and their tags (debugging)")
+    max_answer_length: int | None = Field(
+        None, ge=1, description="qa head: tokens per answer at most; null: the model's own (fine-tuning), else 30")
+    null_threshold: float | None = Field(
+        None, description="qa head, SQuAD 2.0 models: no answer when the [CLS] score beats the best span's by more "
+                          "than this; null: the threshold chosen on validation at fine-tuning")
     probabilities: bool = Field(False, description="Add a per-class probability column")
     embeddings: Literal["none", "cls", "mean"] = Field(
         "none", description="Add an embedding column: the [CLS] vector, the mean of the tokens, or none")
@@ -109,6 +130,13 @@ class ScoreConfig(Config):
         if pair is not None and pair == info.data.get("text_column"):
             raise ValueError(f"must differ from score.text_column (both are {pair!r})")
         return pair
+
+    @field_validator("context_column")
+    @classmethod
+    def _context_is_not_question(cls, context: str, info: ValidationInfo) -> str:
+        if context == info.data.get("question_column"):
+            raise ValueError(f"must differ from score.question_column (both are {context!r})")
+        return context
 
     @field_validator("key_columns")
     @classmethod

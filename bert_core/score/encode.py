@@ -3,14 +3,16 @@
 Bad rows never stop a file. Error codes (the output's ``error`` column):
 
 - ``null_text`` / ``empty_text`` (empty or whitespace-only), and ``null_text_pair`` /
-  ``empty_text_pair`` for the second segment in pair mode: not scored;
+  ``empty_text_pair`` for the second segment in pair mode; the qa head's ``null_question``,
+  ``empty_question``, ``null_context``, ``empty_context``: not scored;
 - ``not_text:<type>``: the text column is not a string (an int column named as text),
   not scored; ``non_string_text="cast"`` instead casts numbers and booleans to text
   and scores them (we default to the error: a silent cast would score ids as prose);
 - ``invalid_utf8``: a string cell whose bytes are not UTF-8 (a broken writer), not scored;
-- ``truncated``: longer than ``max_length`` tokens, cut and **scored**. Very long
-  strings are cut to ``max_length * 64`` characters before tokenizing, so one 100 MB
-  cell costs no more than a normal row.
+- ``truncated``: cut and **scored**: longer than ``max_length`` tokens (sequence head), or
+  than ``max_windows`` windows (token and qa heads, which window long texts instead), or
+  a qa question longer than 64 tokens. Very long strings are cut to 64 characters per
+  token of room before tokenizing, so one 100 MB cell costs no more than a normal row.
 
 Unscored rows get null predictions.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -94,7 +97,7 @@ def _is_text(dtype: pa.DataType) -> bool:
 
 @dataclass
 class Batch:
-    """One padded model batch: ``rows`` are positions in the window."""
+    """One padded model batch: ``rows`` are positions in the window (windowed heads: window numbers)."""
 
     rows: np.ndarray
     input_ids: torch.Tensor
@@ -113,17 +116,24 @@ class EncodedWindow:
     batches: list[Batch]
     tokens: int  # real (unpadded) tokens, for statistics
     padded_tokens: int
+    extra: Any = None  # what the head needs to turn model outputs into columns (its windows, offsets, ...)
+
+
+def merge_errors(first: Texts, second: Texts | None) -> list[str | None]:
+    """Per-row codes of two input columns: the first column's code wins."""
+    errors = list(first.errors)
+    if second is not None:
+        for i, err in enumerate(second.errors):
+            if errors[i] is None and err is not None:
+                errors[i] = err
+    return errors
 
 
 def encode_window(texts: Texts, pairs: Texts | None, tokenizer, batch_size: int, pad_id: int,
                   pad_multiple: int, use_types: bool, sort: bool, pin: bool) -> EncodedWindow:
     """Tokenize a window's valid rows in one parallel call, sort by length, pad per batch."""
     n = len(texts.values)
-    errors = list(texts.errors)
-    if pairs is not None:
-        for i, err in enumerate(pairs.errors):
-            if errors[i] is None and err is not None:
-                errors[i] = err
+    errors = merge_errors(texts, pairs)
     valid = np.array([e is None for e in errors], dtype=bool) if n else np.zeros(0, dtype=bool)
     rows = np.flatnonzero(valid)
     if rows.size == 0:
@@ -133,12 +143,22 @@ def encode_window(texts: Texts, pairs: Texts | None, tokenizer, batch_size: int,
     else:
         encodings = tokenizer.encode_batch([(texts.values[i], pairs.values[i]) for i in rows])
     ids = [e.ids for e in encodings]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     cut = texts.cut[rows] | (pairs.cut[rows] if pairs is not None else False)
     overflow = np.fromiter((len(e.overflowing) > 0 for e in encodings), dtype=bool, count=len(encodings))
     for i in rows[cut | overflow]:
         errors[i] = FLAG_TRUNCATED
     types = [e.type_ids for e in encodings] if (use_types and pairs is not None) else None
+    batches, tokens, padded = pad_batches(ids, types, rows, batch_size, pad_id, pad_multiple, use_types, sort, pin)
+    return EncodedWindow(n, errors, valid, batches, tokens, padded)
+
+
+def pad_batches(ids: list[list[int]], types: list[list[int]] | None, index: np.ndarray, batch_size: int,
+                pad_id: int, pad_multiple: int, use_types: bool, sort: bool, pin: bool) -> tuple[list[Batch], int, int]:
+    """Sequences -> padded batches (sorted by length when ``sort``); ``index[i]`` is sequence i's ``Batch.rows`` entry.
+
+    Returns the batches, the real token count and the padded token count.
+    """
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(ids))  # longest first: OOM shows early
     batches, padded = [], 0
     for start in range(0, len(order), batch_size):
@@ -153,13 +173,13 @@ def encode_window(texts: Texts, pairs: Texts | None, tokenizer, batch_size: int,
         input_ids[real] = np.fromiter(chain.from_iterable(ids[j] for j in idx), dtype=np.int64, count=total)
         mask = real.astype(np.int64)
         type_ids = np.zeros((len(idx), width), dtype=np.int64) if use_types else None
-        if types is not None:
+        if types is not None and use_types:
             type_ids[real] = np.fromiter(chain.from_iterable(types[j] for j in idx), dtype=np.int64, count=total)
         padded += input_ids.size
-        batches.append(Batch(rows[idx], _tensor(input_ids, pin), _tensor(mask, pin),
+        batches.append(Batch(index[idx], _tensor(input_ids, pin), _tensor(mask, pin),
                              _tensor(type_ids, pin) if type_ids is not None else None,
                              padded=bool(total < input_ids.size)))
-    return EncodedWindow(n, errors, valid, batches, int(lengths.sum()), padded)
+    return batches, int(lengths.sum()), padded
 
 
 def _tensor(array: np.ndarray, pin: bool) -> torch.Tensor:

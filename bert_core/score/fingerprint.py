@@ -22,6 +22,10 @@ _TAIL = 1 << 16
 # Keys that change what is written; device, batch sizes and threading do not.
 _OUTPUT_KEYS = ("text_column", "text_pair_column", "key_columns", "where", "max_length", "probabilities",
                 "embeddings", "non_string_text", "output_prefix")
+# Keys of the token and qa heads: they count only when set to something else than their default, so
+# outputs committed before these keys existed (sequence models) stay committed.
+_HEAD_KEYS = ("head", "question_column", "context_column", "stride", "max_windows", "aggregation", "tokens",
+              "max_answer_length", "null_threshold")
 
 
 def read_footer(fh) -> bytes:
@@ -81,4 +85,6 @@ def config_digest(cfg: ScoreConfig) -> str:
     body = {k: getattr(cfg, k) for k in _OUTPUT_KEYS}
     body["filter"] = body.pop("where")  # the key's old name: outputs committed before the rename stay valid
     body["key_columns"] = list(body["key_columns"]) if body["key_columns"] is not None else None
+    defaults = ScoreConfig.model_fields
+    body.update({k: getattr(cfg, k) for k in _HEAD_KEYS if getattr(cfg, k) != defaults[k].default})
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

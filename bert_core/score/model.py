@@ -1,10 +1,11 @@
-"""Load a local Hugging Face sequence classifier once and run it on padded batches.
+"""Load a local Hugging Face model of any head (sequence, token, qa) once and run it on padded batches.
 
-On CUDA the weights are bf16 (``cfg.bf16``) with SDPA attention; probabilities and
-pooling are computed in fp32. A forward returns a :class:`Pending` whose device→host
-copy is asynchronous (pinned memory + an event), so the caller can queue the next
-batches before waiting: the GPU never idles on Python. On CPU everything is fp32
-and synchronous (exact enough to match a plain HF forward within 1e-4).
+The head (:mod:`bert_core.score.heads`) decides which Auto class loads the directory
+and what of each forward comes back. On CUDA the weights are bf16 (``cfg.bf16``) with
+SDPA attention; what comes back is computed in fp32. A forward returns a
+:class:`Pending` whose device→host copy is asynchronous (pinned memory + an event), so
+the caller can queue the next batches before waiting: the GPU never idles on Python. On
+CPU everything is fp32 and synchronous (exact enough to match a plain HF forward within 1e-4).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import inspect
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
 from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.heads import Head, auto_class, head_name, make_head
 from bertflow.bert_core.stageio import model_dir_digest
 
 _CHARS_PER_TOKEN_CAP = 64  # text beyond max_length * this many characters is cut before tokenizing
@@ -30,7 +32,7 @@ _cache: dict[tuple, Classifier] = {}
 
 @dataclass
 class Classifier:
-    """A loaded model and its fast tokenizer (truncating to ``max_length``, no padding)."""
+    """A loaded model, its head and its fast tokenizer (truncating to ``max_length``, no padding)."""
 
     model: torch.nn.Module
     tokenizer: object  # tokenizers.Tokenizer
@@ -46,6 +48,16 @@ class Classifier:
     uses_token_types: bool
     fingerprint: str
     mask_4d: bool = False  # pass a prepared boolean 4-D mask: transformers then skips its per-batch host sync
+    head: str = "sequence"  # which head (heads.HEADS); each run builds its Head from it (make_head)
+    meta: dict = field(default_factory=dict)  # bertflow's export marker (task, thresholds), or what config.json says
+    unk_id: int | None = None
+    derived: dict = field(default_factory=dict)  # what heads build from the model once (tokenizer copies), by key
+
+    def reuse(self, key: tuple, build):
+        """``build()`` once per ``key`` for this loaded model (copying a 30k-word tokenizer costs ~0.1 s)."""
+        if key not in self.derived:
+            self.derived[key] = build()
+        return self.derived[key]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -83,20 +95,21 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
-    """Load (or reuse) the classifier in ``model_dir`` for ``cfg``'s device, precision and max_length."""
+    """Load (or reuse) the model in ``model_dir`` (any head) for ``cfg``'s device, precision and settings."""
     model_dir = _checked_dir(model_dir, cfg)
     device = resolve_device(cfg.device)
     dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
     fingerprint = model_dir_digest(model_dir)
-    key = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length)
+    key = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length, cfg.head)
     if key not in _cache:
         _cache.clear()  # one model at a time: scoring runs hold one, and GPU memory is not free
         _cache[key] = _load(model_dir, cfg, device, dtype, fingerprint)
+    make_head(cfg, _cache[key])  # a cached model too: settings its head cannot honour fail here, before any file
     return _cache[key]
 
 
 def check_model(model_dir: str | Path, cfg: ScoreConfig) -> None:
-    """Load the classifier once on the CPU and drop it: a damaged model fails a run once, before any file.
+    """Load the model once on the CPU and drop it: a damaged model fails a run once, before any file.
 
     For runners whose workers load their own copy, maybe on a device (a GPU) that this process lacks.
     """
@@ -113,18 +126,28 @@ def _checked_dir(model_dir: str | Path, cfg: ScoreConfig) -> Path:
 
 
 def _load(model_dir: Path, cfg: ScoreConfig, device: torch.device, dtype: torch.dtype, fingerprint: str) -> Classifier:
+    import transformers
     from tokenizers import Tokenizer
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from bertflow.bert_core.finetune.export import read_meta
+
+    head = head_name(cfg, model_dir)
+    auto = getattr(transformers, auto_class(head))
     try:
         hf_tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
         safe = hf_model_kwargs(cfg.allow_pickle_weights)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa", **safe)
+            model, info = auto.from_pretrained(model_dir, attn_implementation="sdpa", output_loading_info=True, **safe)
         except (ValueError, ImportError):  # an architecture without SDPA support
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, **safe)
+            model, info = auto.from_pretrained(model_dir, output_loading_info=True, **safe)
     except (*load_errors(), KeyError) as exc:  # a truncated model.safetensors too: named, not a raw traceback
-        raise load_error(model_dir, f"cannot load a sequence classifier from {model_dir}", exc) from None
+        raise load_error(model_dir, f"cannot load a {head} model from {model_dir}", exc) from None
+    untrained = [k for k in info.get("missing_keys", ()) if not k.endswith("position_ids")]
+    if untrained:
+        raise InputError(f"{model_dir} has no trained {head} head (no weights for {untrained[0]}"
+                         f"{f' and {len(untrained) - 1} more' if len(untrained) > 1 else ''}): fine-tune it first, "
+                         f"or set score.head to what it was trained for")
     if not getattr(hf_tok, "is_fast", False):
         raise InputError(f"{model_dir}: scoring needs a fast tokenizer (tokenizer.json); "
                          f"save it with transformers' fast tokenizer first")
@@ -153,8 +176,10 @@ def _load(model_dir: Path, cfg: ScoreConfig, device: torch.device, dtype: torch.
         activation="sigmoid" if multi else "softmax", max_length=max_length,
         max_chars=max_length * _CHARS_PER_TOKEN_CAP, pad_id=pad_id,
         pad_multiple=8 if device.type == "cuda" else 1, hidden_size=int(config.hidden_size),
-        uses_token_types=uses_types, fingerprint=fingerprint,
+        uses_token_types=uses_types, fingerprint=fingerprint, head=head, meta=read_meta(model_dir),
+        unk_id=hf_tok.unk_token_id,
     )
+    make_head(cfg, clf)  # settings this head cannot honour fail here, once, before any file
     clf.mask_4d = _accepts_4d_mask(clf, int(getattr(config, "vocab_size", 100)))
     return clf
 
@@ -177,9 +202,9 @@ def _accepts_4d_mask(clf: Classifier, vocab: int) -> bool:
     ids = torch.randint(1, max(2, vocab), (2, 6), generator=gen).to(clf.device)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], device=clf.device)
     try:
-        with torch.inference_mode():
-            ref = clf.model(input_ids=ids, attention_mask=mask).logits.float()
-            got = clf.model(input_ids=ids, attention_mask=_mask_4d(mask)).logits.float()
+        with torch.inference_mode():  # out[0]: the first output of any head (logits, start_logits)
+            ref = clf.model(input_ids=ids, attention_mask=mask)[0].float()
+            got = clf.model(input_ids=ids, attention_mask=_mask_4d(mask))[0].float()
     except Exception:  # noqa: BLE001 - any refusal means "keep the 2-D mask"
         return False
     tol = 1e-4 if clf.dtype == torch.float32 else 3e-2
@@ -189,19 +214,21 @@ def _accepts_4d_mask(clf: Classifier, vocab: int) -> bool:
 class Pending:
     """A batch's results on their way to the host; ``result()`` waits for them."""
 
-    def __init__(self, probs: torch.Tensor, emb: torch.Tensor | None, event: object | None):
-        self._probs, self._emb, self._event = probs, emb, event
+    def __init__(self, arrays: tuple[torch.Tensor, ...], event: object | None):
+        self._arrays, self._event = arrays, event
 
-    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+    def result(self) -> tuple[np.ndarray, ...]:
         if self._event is not None:
             self._event.synchronize()
-        emb = self._emb.numpy() if self._emb is not None else None
-        return self._probs.numpy(), emb
+        return tuple(a.numpy() for a in self._arrays)
 
 
-def forward(clf: Classifier, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            token_type_ids: torch.Tensor | None, pooling: str, padded: bool = True) -> Pending:
-    """Run one padded batch (``padded=False``: no row has padding); call under ``torch.inference_mode()``."""
+def forward(clf: Classifier, head: Head, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor | None, padded: bool = True) -> Pending:
+    """Run one padded batch (``padded=False``: no row has padding); call under ``torch.inference_mode()``.
+
+    What comes back is the head's choice (:meth:`Head.outputs`), as float32 host arrays.
+    """
     dev = clf.device
     non_blocking = dev.type == "cuda"
     ids = input_ids.to(dev, non_blocking=non_blocking)
@@ -213,25 +240,16 @@ def forward(clf: Classifier, input_ids: torch.Tensor, attention_mask: torch.Tens
     kwargs = {"input_ids": ids, "attention_mask": model_mask}
     if clf.uses_token_types and token_type_ids is not None:
         kwargs["token_type_ids"] = token_type_ids.to(dev, non_blocking=non_blocking)
-    out = clf.model(**kwargs, output_hidden_states=pooling != "none")
-    logits = out.logits.float()
-    probs = torch.sigmoid(logits) if clf.activation == "sigmoid" else torch.softmax(logits, dim=-1)
-    emb = None
-    if pooling != "none":
-        hidden = out.hidden_states[-1]
-        if pooling == "cls":
-            emb = hidden[:, 0].float()
-        else:
-            m = mask.unsqueeze(-1).to(torch.float32)
-            emb = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
+    hidden = head.needs_hidden_states()
+    out = clf.model(**kwargs, output_hidden_states=hidden) if hidden else clf.model(**kwargs)
+    arrays = head.outputs(out, mask)
     if dev.type != "cuda":
-        return Pending(probs, emb, None)
-    probs_host = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
-    probs_host.copy_(probs, non_blocking=True)
-    emb_host = None
-    if emb is not None:
-        emb_host = torch.empty(emb.shape, dtype=torch.float32, pin_memory=True)
-        emb_host.copy_(emb, non_blocking=True)
+        return Pending(arrays, None)
+    host = []
+    for a in arrays:
+        h = torch.empty(a.shape, dtype=torch.float32, pin_memory=True)
+        h.copy_(a, non_blocking=True)
+        host.append(h)
     event = torch.cuda.Event()
     event.record()
-    return Pending(probs_host, emb_host, event)
+    return Pending(tuple(host), event)

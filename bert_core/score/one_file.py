@@ -24,7 +24,7 @@ from bertflow.bert_core.score.commit import COMMIT_KEY, commit_status, discard, 
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.score.fingerprint import config_digest, read_footer
 from bertflow.bert_core.score.lake import output_relpath, typed_partition
-from bertflow.bert_core.score.output import OutputSpec, added_names
+from bertflow.bert_core.score.output import OutputSpec
 from bertflow.bert_core.score.results import COUNTS, FileJob, FileResult
 from bertflow.bert_core.score.where import parse_where
 
@@ -38,6 +38,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
     unreadable file or a missing column raises InputError. Row groups whose statistics
     rule out ``score.where`` are not read.
     """
+    from bertflow.bert_core.score.heads import make_head
     from bertflow.bert_core.score.model import load_classifier
     from bertflow.bert_core.score.scorer import score_stream
 
@@ -50,12 +51,12 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
     if commit_status(out, job.input_fingerprint, digest, model_dir_digest(model_dir))[0]:
         return FileResult.skipped(job, read_commit(out.path, out.fs))
     clf = load_classifier(model_dir, cfg)
+    head = make_head(cfg, clf)
     counter = ReadCounter()
-    source, pf, rp = _open(cfg, job, counter)
+    source, pf, rp = _open(cfg, job, counter, clf.head)
     try:
         spec = OutputSpec(
-            carried=rp.carried, labels=tuple(clf.labels), probabilities=cfg.probabilities,
-            embedding_dim=clf.hidden_size if cfg.embeddings != "none" else 0,
+            carried=rp.carried, head_fields=tuple(head.fields()),
             model_uri=model_uri or str(Path(model_dir).resolve()),
             model_version=model_version or clf.fingerprint[:19], prefix=cfg.output_prefix,
         )
@@ -81,7 +82,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
                 on_progress(done, max(job.rows, 0))
 
         try:
-            counts = score_stream(pf, where, tmp, clf, cfg, rp, spec, commit_record, on_rows, filesystem=out.fs)
+            counts = score_stream(pf, where, tmp, clf, head, cfg, rp, spec, commit_record, on_rows, filesystem=out.fs)
             written = pq.read_metadata(tmp, filesystem=out.fs).num_rows
             if written != counts.rows_out:
                 raise RuntimeError(f"{where}: output file holds {written} rows, expected {counts.rows_out}")
@@ -99,7 +100,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
                              str(clf.dtype).replace("torch.", ""))
 
 
-def _open(cfg: ScoreConfig, job: FileJob, counter: ReadCounter):
+def _open(cfg: ScoreConfig, job: FileJob, counter: ReadCounter, head: str):
     """``(source, ParquetFile, ReadPlan)`` of a job's input; the plan lists the row groups to read.
 
     The footer is read once (exactly), into a pyarrow.dataset fragment: its ``subset`` keeps the
@@ -126,7 +127,7 @@ def _open(cfg: ScoreConfig, job: FileJob, counter: ReadCounter):
         raise InputError(f"{where}: not a readable Parquet file: {exc}") from None
     try:
         partition = typed_partition(job.partition, dict(job.partition_types))
-        rp = read_plan(cfg, pf.schema_arrow, partition, parse_where(cfg.where), where, added_names(cfg))
+        rp = read_plan(cfg, pf.schema_arrow, partition, parse_where(cfg.where), where, head)
         if rp.filter is not None:
             kept = tuple(g.id for g in fragment.subset(rp.filter.expression).row_groups)
             rp = dataclasses.replace(rp, row_groups=kept)

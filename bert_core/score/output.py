@@ -1,12 +1,19 @@
 """The scored output: its schema, its record batches, and a writer thread.
 
-Columns: the carried input columns, then ``label`` (string), ``score`` (float32,
-the winning probability), optional ``probabilities`` (list<float32>, one per class
-in id order), optional ``embedding`` (fixed_size_list<float32>[hidden]),
-``model_uri``, ``model_version`` and ``error`` (null when the row is fine;
-``truncated`` rows are still scored). Rows that were not scored have null label,
-score and probabilities, and an all-NaN embedding (pyarrow < 26 cannot read null
-fixed-size lists from Parquet). ``cfg.output_prefix`` prefixes the added names.
+Columns: the carried input columns, then the head's own (:mod:`bert_core.score.heads`):
+
+- sequence: ``label`` (string), ``score`` (float32, the winning probability), optional
+  ``probabilities`` (list<float32>, one per class in id order), optional ``embedding``
+  (fixed_size_list<float32>[hidden]);
+- token: ``entities`` (list<struct<label, start, end, text, score>>, character offsets
+  into the text), optional ``tokens`` / ``tags`` (list<string>);
+- qa: ``answer`` (string), ``answer_start`` / ``answer_end`` (int32 character offsets
+  into the context), ``score`` (float32);
+
+then ``model_uri``, ``model_version`` and ``error`` (null when the row is fine;
+``truncated`` rows are still scored). Rows that were not scored have null predictions
+(and an all-NaN embedding: pyarrow < 26 cannot read null fixed-size lists from Parquet).
+``cfg.output_prefix`` prefixes the added names.
 """
 
 from __future__ import annotations
@@ -20,65 +27,33 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertflow.bert_core.score.heads import COMMON
+
 _FLUSH_BYTES = 64 << 20
-_ADDED = ("label", "score", "probabilities", "embedding", "model_uri", "model_version", "error")
-
-
-def added_names(cfg) -> list[str]:
-    """Every output column scoring may add (with ``cfg.output_prefix``): input columns must not clash with them."""
-    return [cfg.output_prefix + n for n in _ADDED]
 
 
 @dataclass(frozen=True)
 class OutputSpec:
     carried: pa.Schema
-    labels: tuple[str, ...]
-    probabilities: bool
-    embedding_dim: int  # 0: no embedding column
+    head_fields: tuple[pa.Field, ...]  # the head's columns, unprefixed
     model_uri: str
     model_version: str
     prefix: str = ""
 
     def names(self) -> dict[str, str]:
-        base = ["label", "score"] + (["probabilities"] if self.probabilities else []) \
-            + (["embedding"] if self.embedding_dim else []) + ["model_uri", "model_version", "error"]
-        return {b: self.prefix + b for b in base}
+        return {b: self.prefix + b for b in [f.name for f in self.head_fields] + list(COMMON)}
 
     def schema(self, metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
-        n = self.names()
-        fields = list(self.carried) + [pa.field(n["label"], pa.string()), pa.field(n["score"], pa.float32())]
-        if self.probabilities:
-            fields.append(pa.field(n["probabilities"], pa.list_(pa.float32())))
-        if self.embedding_dim:
-            fields.append(pa.field(n["embedding"], pa.list_(pa.float32(), self.embedding_dim)))
-        fields += [pa.field(n["model_uri"], pa.string()), pa.field(n["model_version"], pa.string()),
-                   pa.field(n["error"], pa.string())]
+        fields = list(self.carried) + [f.with_name(self.prefix + f.name) for f in self.head_fields]
+        fields += [pa.field(self.prefix + n, pa.string()) for n in COMMON]
         return pa.schema(fields, metadata=metadata)
 
 
-def build_batch(spec: OutputSpec, carried: pa.RecordBatch, label_idx: np.ndarray, probs: np.ndarray | None,
-                emb: np.ndarray | None, errors: list[str | None]) -> pa.RecordBatch:
-    """Assemble one output batch; ``label_idx`` is -1 for rows that were not scored."""
+def build_batch(spec: OutputSpec, carried: pa.RecordBatch, head_columns: list[pa.Array],
+                errors: list[str | None]) -> pa.RecordBatch:
+    """Assemble one output batch from the carried columns, the head's columns and the row codes."""
     n = carried.num_rows
-    missing = label_idx < 0
-    mask = pa.array(missing)
-    labels = pa.DictionaryArray.from_arrays(pa.array(label_idx.astype(np.int32), mask=missing),
-                                            pa.array(list(spec.labels), pa.string())).cast(pa.string())
-    score = np.zeros(n, dtype=np.float32)
-    if probs is not None and n:
-        score = probs[np.arange(n), np.maximum(label_idx, 0)].astype(np.float32)
-    arrays = list(carried.columns) + [labels, pa.array(score, pa.float32(), mask=missing)]
-    if spec.probabilities:
-        k = len(spec.labels)
-        flat = probs.reshape(-1).astype(np.float32) if probs is not None else np.zeros(n * k, np.float32)
-        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-        arrays.append(pa.ListArray.from_arrays(offsets, pa.array(flat), mask=mask))
-    if spec.embedding_dim:
-        # Unscored rows get a NaN vector, not null: pyarrow < 26 cannot read null fixed_size_list
-        # entries back from Parquet (apache/arrow#35692). Their ``error`` says why.
-        vectors = np.zeros((n, spec.embedding_dim), np.float32) if emb is None else emb.astype(np.float32, copy=True)
-        vectors[missing] = np.nan
-        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), spec.embedding_dim))
+    arrays = list(carried.columns) + list(head_columns)
     arrays += [_constant(spec.model_uri, n), _constant(spec.model_version, n), pa.array(errors, pa.string())]
     return pa.RecordBatch.from_arrays(arrays, schema=spec.schema())
 

@@ -28,7 +28,8 @@ import torch
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.score.config import ScoreConfig
-from bertflow.bert_core.score.encode import ERR_EMPTY_PAIR, ERR_NULL_PAIR, EncodedWindow, encode_window, extract_texts
+from bertflow.bert_core.score.encode import EncodedWindow
+from bertflow.bert_core.score.heads import Head, added_names, input_columns
 from bertflow.bert_core.score.where import BoundWhere, Where, bind_where
 from bertflow.bert_core.score.model import Classifier, cpu_threads, forward, torch_threads
 from bertflow.bert_core.score.output import OutputSpec, WriterThread, build_batch
@@ -42,20 +43,20 @@ class ReadPlan:
 
     read_columns: tuple[str, ...]
     carried: pa.Schema
-    text_column: str
-    pair_column: str | None
+    inputs: tuple[str, ...]  # the columns the head reads (text [, pair]; question, context)
     filter: BoundWhere | None
     row_groups: tuple[int, ...] | None = None  # None: all; the others' statistics rule out score.where
 
 
 def read_plan(cfg: ScoreConfig, schema: pa.Schema, partition: dict[str, pa.Scalar], flt: Where | None,
-              where: str, added_names: list[str]) -> ReadPlan:
-    """Check a file's schema against the config; InputError naming the column at fault."""
+              where: str, head: str = "sequence") -> ReadPlan:
+    """Check a file's schema against the config and ``head``'s inputs; InputError naming the column at fault."""
     names = schema.names
-    for what, col in (("score.text_column", cfg.text_column), ("score.text_pair_column", cfg.text_pair_column)):
-        if col is not None and col not in names:
+    inputs = input_columns(cfg, head)
+    for what, col in inputs:
+        if col not in names:
             raise InputError(f"{where} has no column {col!r} ({what}); its columns: {', '.join(names)}")
-    text_cols = {cfg.text_column, cfg.text_pair_column} - {None}
+    text_cols = {col for _, col in inputs}
     if cfg.key_columns is None:
         carried = [n for n in names if n not in text_cols]
     else:
@@ -64,7 +65,7 @@ def read_plan(cfg: ScoreConfig, schema: pa.Schema, partition: dict[str, pa.Scala
             raise InputError(f"{where} has no column {missing[0]!r} (score.key_columns); "
                              f"its columns: {', '.join(names)}")
         carried = [c for c in cfg.key_columns if c in names]  # partition keys stay in the path
-    clash = sorted((set(carried) | set(partition)) & set(added_names))
+    clash = sorted((set(carried) | set(partition)) & set(added_names(cfg, head)))
     if clash:
         raise InputError(f"{where}: column {clash[0]!r} clashes with an output column; leave it out with "
                          f"score.key_columns or set score.output_prefix (e.g. 'pred_')")
@@ -76,7 +77,7 @@ def read_plan(cfg: ScoreConfig, schema: pa.Schema, partition: dict[str, pa.Scala
     bound = bind_where(flt, schema, partition, where)
     needed = list(dict.fromkeys(carried + sorted(text_cols) + (bound.columns if bound else [])))
     carried_schema = pa.schema([schema.field(n).remove_metadata() for n in carried])
-    return ReadPlan(tuple(needed), carried_schema, cfg.text_column, cfg.text_pair_column, bound)
+    return ReadPlan(tuple(needed), carried_schema, tuple(col for _, col in inputs), bound)
 
 
 @dataclass
@@ -96,30 +97,29 @@ class Counts:
     bytes_read: int = 0
 
 
-def score_stream(pf: pq.ParquetFile, where: str, tmp: Path | str, clf: Classifier, cfg: ScoreConfig, rp: ReadPlan,
-                 spec: OutputSpec, commit_record: Callable[[Counts], dict[bytes, bytes]],
+def score_stream(pf: pq.ParquetFile, where: str, tmp: Path | str, clf: Classifier, head: Head, cfg: ScoreConfig,
+                 rp: ReadPlan, spec: OutputSpec, commit_record: Callable[[Counts], dict[bytes, bytes]],
                  on_rows: Callable[[int], None] | None = None, filesystem=None) -> Counts:
     """Score every row of ``pf`` into ``tmp`` (on ``filesystem``; a complete Parquet file when this returns)."""
     counts = Counts(rows_in=pf.metadata.num_rows)
     writer = WriterThread(tmp, spec.schema(), cfg.compression, cfg.row_group_rows, filesystem=filesystem)
     q: queue.Queue = queue.Queue(maxsize=cfg.prefetch_windows)
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(pf, where, clf, cfg, rp, q, stop),
+    producer = threading.Thread(target=_produce, args=(pf, where, clf, head, cfg, rp, q, stop),
                                 name="score-tokenize", daemon=True)
     producer.start()
     try:
-        pooling = cfg.embeddings
         previous = None
         threads = torch_threads(cpu_threads(cfg)) if clf.device.type == "cpu" else contextlib.nullcontext()
         with threads, torch.inference_mode():
             for carried, enc, rows_read in _consume(q):
-                pending = [(b.rows, forward(clf, b.input_ids, b.attention_mask, b.token_type_ids, pooling, b.padded))
+                pending = [(b.rows, forward(clf, head, b.input_ids, b.attention_mask, b.token_type_ids, b.padded))
                            for b in enc.batches]
                 if previous is not None:
-                    _finish(previous, writer, spec, clf, counts, on_rows)
+                    _finish(previous, writer, spec, head, counts, on_rows)
                 previous = (carried, enc, pending, rows_read)
             if previous is not None:
-                _finish(previous, writer, spec, clf, counts, on_rows)
+                _finish(previous, writer, spec, head, counts, on_rows)
         counts.rows_filtered = counts.rows_read - counts.rows_out
         written = writer.close(commit_record(counts))
     except BaseException:
@@ -138,21 +138,14 @@ def score_stream(pf: pq.ParquetFile, where: str, tmp: Path | str, clf: Classifie
     return counts
 
 
-def _finish(item, writer: WriterThread, spec: OutputSpec, clf: Classifier, counts: Counts,
+def _finish(item, writer: WriterThread, spec: OutputSpec, head: Head, counts: Counts,
             on_rows: Callable[[int], None] | None) -> None:
     carried, enc, pending, rows_read = item
     n = enc.n
     if n:
-        k = len(clf.labels)
-        probs = np.zeros((n, k), dtype=np.float32)
-        emb = np.zeros((n, spec.embedding_dim), dtype=np.float32) if spec.embedding_dim else None
-        for rows, pend in pending:
-            p, e = pend.result()
-            probs[rows] = p
-            if emb is not None:
-                emb[rows] = e
-        label_idx = np.where(enc.scored, probs.argmax(axis=1), -1).astype(np.int32)
-        writer.put(functools.partial(build_batch, spec, carried, label_idx, probs, emb, enc.errors))
+        results = [(rows, pend.result()) for rows, pend in pending]
+        # The head's columns are built on the writer thread, off the model's.
+        writer.put(functools.partial(_assemble, spec, head, carried, enc, results))
         scored = int(enc.scored.sum())
         counts.rows_out += n
         counts.rows_scored += scored
@@ -167,6 +160,10 @@ def _finish(item, writer: WriterThread, spec: OutputSpec, clf: Classifier, count
     counts.rows_read += rows_read
     if on_rows is not None and rows_read:
         on_rows(rows_read)
+
+
+def _assemble(spec: OutputSpec, head: Head, carried: pa.RecordBatch, enc: EncodedWindow, results) -> pa.RecordBatch:
+    return build_batch(spec, carried, head.columns(enc, results), enc.errors)
 
 
 def _consume(q: queue.Queue) -> Iterator[tuple]:
@@ -189,7 +186,7 @@ def _put(q: queue.Queue, stop: threading.Event, item) -> bool:
     return False
 
 
-def _produce(pf: pq.ParquetFile, where: str, clf: Classifier, cfg: ScoreConfig, rp: ReadPlan,
+def _produce(pf: pq.ParquetFile, where: str, clf: Classifier, head: Head, cfg: ScoreConfig, rp: ReadPlan,
              q: queue.Queue, stop: threading.Event) -> None:
     try:
         window = cfg.batch_size * cfg.sort_window
@@ -202,13 +199,7 @@ def _produce(pf: pq.ParquetFile, where: str, clf: Classifier, cfg: ScoreConfig, 
                     return
                 continue
             batch = _concat(pieces)
-            texts = extract_texts(batch.column(rp.text_column), clf.max_chars, cfg.non_string_text)
-            pairs = None
-            if rp.pair_column is not None:
-                pairs = extract_texts(batch.column(rp.pair_column), clf.max_chars, cfg.non_string_text,
-                                      null_code=ERR_NULL_PAIR, empty_code=ERR_EMPTY_PAIR)
-            enc = encode_window(texts, pairs, clf.tokenizer, cfg.batch_size, clf.pad_id, clf.pad_multiple,
-                                clf.uses_token_types, sort=cfg.sort_window > 1, pin=pin)
+            enc = head.encode(batch, rp.inputs, pin)
             carried = batch.select(rp.carried.names)
             if not _put(q, stop, (carried, enc, rows_read)):
                 return

@@ -43,7 +43,7 @@ from bertflow.bert_core.score.destination import claim, input_identity
 from bertflow.bert_core.score.fingerprint import config_digest, footer_and_fingerprint
 from bertflow.bert_core.score.lake import discover, output_path, partition_types, prune, typed_partition
 from bertflow.bert_core.score.one_file import FileWork, score_file
-from bertflow.bert_core.score.output import added_names
+from bertflow.bert_core.score.heads import head_name
 from bertflow.bert_core.score.results import FileJob, FileResult, ScoreResult
 from bertflow.bert_core.score.where import parse_where
 
@@ -87,6 +87,7 @@ def plan_run(cfg: ScoreConfig, out_dir: str | Path | Location, model_dir: str | 
     model_fp = model_dir_digest(model_dir) if model_dir is not None else None
     counter = ReadCounter()
     listed = {info.path for info in out.files()}  # one listing, not a request per output file
+    head = head_name(cfg, model_dir)
     jobs, seen, schema_errors, readable = [], {}, [], 0
     for f in kept:
         source = Location(f.uri, root.fs, f.path)
@@ -100,7 +101,7 @@ def plan_run(cfg: ScoreConfig, out_dir: str | Path | Location, model_dir: str | 
             schema = meta.schema.to_arrow_schema()
             readable += 1
             try:
-                read_plan(cfg, schema, typed_partition(f.partition, types), where, f.uri, added_names(cfg))
+                read_plan(cfg, schema, typed_partition(f.partition, types), where, f.uri, head)
             except InputError as exc:
                 problem = str(exc)
                 schema_errors.append(exc)

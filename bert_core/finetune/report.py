@@ -1,0 +1,40 @@
+"""What every fine-tuning run writes beside its model: the manifest and Parquet tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bertflow.bert_core.configtools import to_dict
+from bertflow.bert_core.finetune.config import FinetuneConfig
+from bertflow.bert_core.stageio import file_digest, model_dir_digest
+
+STAGE = "finetune"
+
+
+def manifest(cfg: FinetuneConfig, base: Path, counts: dict, metrics: dict, eval_digest: str, runtime: dict) -> dict:
+    import transformers
+
+    return {
+        "stage": STAGE,
+        "config": to_dict(cfg),
+        "inputs": {
+            "train_path": str(cfg.train_path),
+            "train_digest": file_digest(cfg.train_path),
+            "valid_path": cfg.valid_path,
+            "valid_digest": file_digest(cfg.valid_path) if cfg.valid_path else None,
+            "base_model": str(base),
+            "base_model_digest": model_dir_digest(base),
+        },
+        "counts": counts,
+        "metrics": metrics,
+        "eval_set_digest": eval_digest,
+        "runtime": {**runtime, "torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, compression="zstd")
