@@ -43,13 +43,25 @@ PROMOTION_PREFIX = "promotion."  # model-version tags recording a promotion deci
 
 MODEL_CODE = Path(__file__).with_name("hf_pyfunc.py")  # the pyfunc MLflow logs as code inside every model
 _EXAMPLE = "an example sentence to classify"
+_QA_EXAMPLE = {"question": "where did alice live?", "context": "alice lived in paris."}
 
 
 def model_signature(task: str = "sequence", text_pair: bool = False):
-    """Inputs ``text`` (and ``text_pair``); outputs ``label``/``score``/``probabilities``, or ``entities`` spans."""
+    """What a logged model takes and gives, per task.
+
+    Sequence: ``text`` (and ``text_pair``) -> ``label``/``score``/``probabilities``; token: ``text`` ->
+    ``entities`` spans; qa: ``question``/``context`` -> ``answer``/``answer_start``/``answer_end``/``score``
+    (null when there is no answer) and ``error`` (null, or why a row got no answer).
+    """
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 
+    if task == "qa":
+        inputs = [ColSpec("string", "question"), ColSpec("string", "context")]
+        outputs = [ColSpec("string", "answer", required=False), ColSpec("long", "answer_start", required=False),
+                   ColSpec("long", "answer_end", required=False), ColSpec("double", "score", required=False),
+                   ColSpec("string", "error", required=False)]
+        return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
     inputs = [ColSpec("string", "text")] + ([ColSpec("string", "text_pair")] if text_pair else [])
     if task == "token":
         span = Object([Property("label", "string"), Property("start", "long"), Property("end", "long"),
@@ -60,7 +72,9 @@ def model_signature(task: str = "sequence", text_pair: bool = False):
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def input_example(text_pair: bool = False) -> pd.DataFrame:
+def input_example(text_pair: bool = False, task: str = "sequence") -> pd.DataFrame:
+    if task == "qa":
+        return pd.DataFrame({k: [v] for k, v in _QA_EXAMPLE.items()})
     return pd.DataFrame({"text": [_EXAMPLE], **({"text_pair": [_EXAMPLE]} if text_pair else {})})
 
 
@@ -117,7 +131,7 @@ def log_model(
             python_model=str(MODEL_CODE),  # a file path: models from code, never a CloudPickle
             artifacts={HF_ARTIFACT: str(staged)},
             signature=model_signature(task, pair),
-            input_example=input_example(pair),
+            input_example=input_example(pair, task),
             pip_requirements=pip_requirements or requirements(),  # explicit: skips MLflow's slow inference
         )
     return f"models:/{info.model_id}"
