@@ -72,19 +72,26 @@ class FineTunedModel(mlflow.pyfunc.PythonModel):
         if self.task == "qa":
             return self._answers(_frame(model_input, ("question", "context")))
         frame = _frame(model_input)
-        texts = ["" if t is None else str(t) for t in frame["text"]]
-        if self.task == "token":
-            return pd.DataFrame({"entities": self._entities(texts)})
-        pairs = None
+        texts, errors = _column(frame["text"], "text")
         if "text_pair" in frame.columns:
-            pairs = ["" if t is None else str(t) for t in frame["text_pair"]]
-        probs = self._sequence_probs(texts, pairs)
-        best = probs.argmax(axis=1)
-        return pd.DataFrame({
-            "label": [self.labels[i] for i in best],
-            "score": [float(p[i]) for p, i in zip(probs, best)],
-            "probabilities": [[float(x) for x in p] for p in probs],
-        })
+            pairs, pair_errors = _column(frame["text_pair"], "text_pair")
+            errors = [e or p for e, p in zip(errors, pair_errors)]  # the text's error first, as bertflow score does
+        else:
+            pairs = None
+        good = [i for i, e in enumerate(errors) if e is None]  # a null or blank row gets no prediction, its reason
+        n = len(texts)
+        if self.task == "token":
+            entities: list = [None] * n
+            for i, spans in zip(good, self._entities([texts[i] for i in good])):
+                entities[i] = spans
+            return pd.DataFrame({"entities": entities, "error": errors})
+        label, score, probabilities = [None] * n, [None] * n, [None] * n
+        if good:
+            probs = self._sequence_probs([texts[i] for i in good], [pairs[i] for i in good] if pairs else None)
+            for i, p in zip(good, probs):
+                k = int(p.argmax())
+                label[i], score[i], probabilities[i] = self.labels[k], float(p[k]), [float(x) for x in p]
+        return pd.DataFrame({"label": label, "score": score, "probabilities": probabilities, "error": errors})
 
     @torch.inference_mode()
     def _sequence_probs(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
@@ -240,6 +247,12 @@ def _prob(start: np.ndarray, end: np.ndarray, ctx: np.ndarray, i: int, j: int) -
         return float(np.exp(x[k] - m) / np.exp(v - m).sum())
 
     return softmax_at(start, i) * softmax_at(end, j)
+
+
+def _column(values, name: str) -> tuple[list[str | None], list[str | None]]:
+    """Texts and error codes of a column (MLflow's signature check turns a null into NaN first)."""
+    pairs = [_text(v, name) for v in values]
+    return [t for t, _ in pairs], [e for _, e in pairs]
 
 
 def _text(value, name: str) -> tuple[str | None, str | None]:

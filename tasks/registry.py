@@ -50,7 +50,7 @@ def model_signature(task: str = "sequence", text_pair: bool = False):
     """What a logged model takes and gives, per task.
 
     Sequence: ``text`` (and ``text_pair``) -> ``label``/``score``/``probabilities``; token: ``text`` ->
-    ``entities`` spans; qa: ``question``/``context`` -> ``answer``/``answer_start``/``answer_end``/``score``
+    ``entities`` spans (both with ``error``: a null or blank text gets no prediction, and its reason); qa: ``question``/``context`` -> ``answer``/``answer_start``/``answer_end``/``score``
     (null when there is no answer) and ``error`` (null, or why a row got no answer).
     """
     from mlflow.models.signature import ModelSignature
@@ -66,9 +66,11 @@ def model_signature(task: str = "sequence", text_pair: bool = False):
     if task == "token":
         span = Object([Property("label", "string"), Property("start", "long"), Property("end", "long"),
                        Property("text", "string"), Property("score", "double")])
-        outputs = [ColSpec(Array(span), "entities")]
+        outputs = [ColSpec(Array(span), "entities", required=False)]
     else:
-        outputs = [ColSpec("string", "label"), ColSpec("double", "score"), ColSpec(Array("double"), "probabilities")]
+        outputs = [ColSpec("string", "label", required=False), ColSpec("double", "score", required=False),
+                   ColSpec(Array("double"), "probabilities", required=False)]
+    outputs.append(ColSpec("string", "error", required=False))  # null, or why a row got no prediction
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 

@@ -164,7 +164,7 @@ def test_model_holds_code_weights_signature_and_pinned_requirements(champions, n
     task = {SEQ: "sequence", NER: "token", QA: "qa"}[name]
     inputs = ["question", "context"] if name == QA else ["text"]
     assert spec.signature.inputs.input_names() == inputs
-    outputs = {SEQ: ["label", "score", "probabilities"], NER: ["entities"],
+    outputs = {SEQ: ["label", "score", "probabilities", "error"], NER: ["entities", "error"],
                QA: ["answer", "answer_start", "answer_end", "score", "error"]}[name]
     assert spec.signature.outputs.input_names() == outputs
     example = spec.load_input_example(str(local))
@@ -205,7 +205,7 @@ def test_champions_load_and_predict_where_bertflow_cannot_be_imported(champions,
     questions, contexts, golds = qa_rows()
     proc = run_without_bertflow(
         LOAD_WITHOUT_BERTFLOW,
-        [json.dumps(SEQ_TEXTS), json.dumps(NER_TEXTS), json.dumps({"question": questions, "context": contexts}),
+        [json.dumps(SEQ_TEXTS + [None, "  "]), json.dumps(NER_TEXTS), json.dumps({"question": questions, "context": contexts}),
          f"models:/{SEQ}@champion", f"models:/{NER}@champion", f"models:/{QA}@champion"],
         cwd=tmp_path, env={"MLFLOW_TRACKING_URI": champions["uri"], "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -215,6 +215,11 @@ def test_champions_load_and_predict_where_bertflow_cannot_be_imported(champions,
           f"token {got['seconds'][1]:.1f} s, qa {got['seconds'][2]:.1f} s")
 
     expected = Predictor(champions["hf"][SEQ], device="cpu").predict(SEQ_TEXTS)  # bertflow's own predictor
+    null, blank = got["seq"][-2:]  # no prediction for a null or blank text (not the text "nan"), and why
+    assert null == {"label": None, "score": None, "probabilities": None, "error": "null_text"}
+    assert blank == {"label": None, "score": None, "probabilities": None, "error": "empty_text"}
+    got["seq"] = got["seq"][:-2]
+    assert all(r["error"] is None for r in got["seq"])
     assert [r["label"] for r in got["seq"]] == [p.label for p in expected]
     assert [r["score"] for r in got["seq"]] == pytest.approx([p.score for p in expected], abs=1e-5)
     assert all(len(r["probabilities"]) == 3 and sum(r["probabilities"]) == pytest.approx(1, abs=1e-5)
@@ -225,8 +230,8 @@ def test_champions_load_and_predict_where_bertflow_cannot_be_imported(champions,
     first = {(e["text"], e["label"]) for e in got["ner"][0]}
     assert first == {("alice", "PER"), ("paris", "LOC")}  # the tagger learned its names
     for text, spans in zip(NER_TEXTS, got["ner"]):
-        assert all(text[e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1 for e in spans)
-    assert got["ner"][3] == []  # an empty text has no entities
+        assert all(text[e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1 for e in spans or [])
+    assert got["ner"][3] is None  # an empty text: no prediction (its error says empty_text)
 
     in_process = mlflow.pyfunc.load_model(f"models:/{QA}@champion").predict(
         pd.DataFrame({"question": questions, "context": contexts}))
