@@ -128,7 +128,8 @@ def test_pyfunc_loads_back_and_predicts_like_the_hf_directory(store, registered)
 
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     out = model.predict(pd.DataFrame({"text": TEXTS}))
-    assert list(out.columns) == ["label", "score", "probabilities"] and len(out) == len(TEXTS)
+    assert list(out.columns) == ["label", "score", "probabilities", "error"] and len(out) == len(TEXTS)
+    assert out["error"].isna().all()
     expected = Predictor(store["root"] / "hf5", device="cpu").predict(TEXTS)
     assert out["label"].tolist() == [p.label for p in expected]
     assert out["score"].tolist() == pytest.approx([p.score for p in expected], abs=1e-6)

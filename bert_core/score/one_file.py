@@ -142,12 +142,13 @@ def _output_root(output: str, rel: str) -> str:
     return output[: len(output) - len(output_relpath(PurePosixPath(rel)).as_posix())].rstrip("/")
 
 
-def selected_rows(cfg: ScoreConfig, job: FileJob, columns: list[str] | None = None) -> pa.Table:
+def selected_rows(cfg: ScoreConfig, job: FileJob, columns: list[str] | None = None,
+                  head: str = "sequence") -> pa.Table:
     """The rows of a job's file that ``score.where`` selects, read exactly as scoring reads them
     (row groups pruned by statistics, then rows by the condition); no model involved."""
     from bertflow.bert_core.score.scorer import read_batches
 
-    source, pf, rp = _open(cfg, job, ReadCounter())
+    source, pf, rp = _open(cfg, job, ReadCounter(), head)
     try:
         names = columns or list(rp.read_columns)
         rp = dataclasses.replace(rp, read_columns=tuple(dict.fromkeys([*names, *rp.read_columns])))
