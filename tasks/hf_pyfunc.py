@@ -84,14 +84,14 @@ class FineTunedModel(mlflow.pyfunc.PythonModel):
             entities: list = [None] * n
             for i, spans in zip(good, self._entities([texts[i] for i in good])):
                 entities[i] = spans
-            return pd.DataFrame({"entities": entities, "error": errors})
+            return _output({"entities": entities, "error": errors})
         label, score, probabilities = [None] * n, [None] * n, [None] * n
         if good:
             probs = self._sequence_probs([texts[i] for i in good], [pairs[i] for i in good] if pairs else None)
             for i, p in zip(good, probs):
                 k = int(p.argmax())
                 label[i], score[i], probabilities[i] = self.labels[k], float(p[k]), [float(x) for x in p]
-        return pd.DataFrame({"label": label, "score": score, "probabilities": probabilities, "error": errors})
+        return _output({"label": label, "score": score, "probabilities": probabilities, "error": errors})
 
     @torch.inference_mode()
     def _sequence_probs(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
@@ -145,7 +145,7 @@ class FineTunedModel(mlflow.pyfunc.PythonModel):
                 cols["answer"][i], cols["answer_start"][i], cols["answer_end"][i], cols["score"][i] = answer
                 if cut:
                     cols["error"][i] = "truncated"
-        return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in cols.items()})
+        return _output(cols)
 
     @torch.inference_mode()
     def _answer_chunk(self, questions: list[str], contexts: list[str]) -> list[tuple[tuple, bool]]:
@@ -247,6 +247,11 @@ def _prob(start: np.ndarray, end: np.ndarray, ctx: np.ndarray, i: int, j: int) -
         return float(np.exp(x[k] - m) / np.exp(v - m).sum())
 
     return softmax_at(start, i) * softmax_at(end, j)
+
+
+def _output(columns: dict[str, list]) -> pd.DataFrame:
+    """Object columns: a missing value stays None (pandas 3 would make a string column's None a NaN)."""
+    return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
 
 
 def _column(values, name: str) -> tuple[list[str | None], list[str | None]]:

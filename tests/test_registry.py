@@ -94,7 +94,7 @@ def test_logged_model_is_linked_to_its_run_with_a_signature(store, registered):
     assert logged.artifact_location.startswith((store["root"] / "artifacts").as_uri())
     info = mlflow.models.get_model_info(uri)
     assert info.signature.inputs.input_names() == ["text"]
-    assert info.signature.outputs.input_names() == ["label", "score", "probabilities"]
+    assert info.signature.outputs.input_names() == ["label", "score", "probabilities", "error"]
     mv = c.get_model_version(NAME, "1")
     assert mv.run_id == registered["runs"][1]
 
