@@ -245,6 +245,14 @@ def test_progress_and_manifest(tiny_model, tmp_path):
     assert list((out / "_runs").glob("*.json"))
 
 
+def test_cpu_threads_default_to_every_usable_core_and_the_key_overrides():
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.model import cpu_threads
+
+    assert cpu_threads(ScoreConfig()) == len(os.sched_getaffinity(0))  # the tokenizer thread needs no core of its own
+    assert cpu_threads(ScoreConfig(cpu_threads=3)) == 3
+
+
 def test_input_column_clash_and_missing_column_are_clear_errors(tiny_model, tmp_path):
     write_parquet(tmp_path / "in.parquet", {"label": [1, 0], "text": ["good", "bad"]})
     with pytest.raises(InputError, match="'label' clashes with an output column.*output_prefix"):
