@@ -142,16 +142,29 @@ def _output_root(output: str, rel: str) -> str:
     return output[: len(output) - len(output_relpath(PurePosixPath(rel)).as_posix())].rstrip("/")
 
 
-def selected_rows(cfg: ScoreConfig, job: FileJob, columns: list[str] | None = None) -> pa.Table:
+def selected_rows(cfg: ScoreConfig, job: FileJob, columns: list[str] | None = None, *,
+                  head: str | None = None, limit: int | None = None) -> pa.Table:
     """The rows of a job's file that ``score.where`` selects, read exactly as scoring reads them
-    (row groups pruned by statistics, then rows by the condition); no model involved."""
+    (row groups pruned by statistics, then rows by the condition); no model involved.
+
+    ``head``: whose input columns must be there (default: ``score.head``, sequence for auto);
+    ``limit``: stop after this many rows (the parity gate's slice reads no more than it needs).
+    """
+    from bertflow.bert_core.score.heads import head_name
     from bertflow.bert_core.score.scorer import read_batches
 
-    source, pf, rp = _open(cfg, job, ReadCounter())
+    source, pf, rp = _open(cfg, job, ReadCounter(), head or head_name(cfg, None))
     try:
         names = columns or list(rp.read_columns)
         rp = dataclasses.replace(rp, read_columns=tuple(dict.fromkeys([*names, *rp.read_columns])))
-        batches = [b.select(names) for b, _ in read_batches(pf, job.input_path, cfg, rp)]
+        batches, have = [], 0
+        for b, _ in read_batches(pf, job.input_path, cfg, rp):
+            if limit is not None and have + b.num_rows > limit:
+                b = b.slice(0, limit - have)
+            batches.append(b.select(names))
+            have += b.num_rows
+            if limit is not None and have >= limit:
+                break
         return pa.Table.from_batches(batches, schema=pa.schema([pf.schema_arrow.field(n) for n in names]))
     finally:
         source.close()
