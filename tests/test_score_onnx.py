@@ -168,3 +168,52 @@ def test_backend_settings_are_checked(tiny_model, tmp_path):
     make_lake(tmp_path / "lake", files=1, rows=0)  # nothing to compare on is nothing to score: no gate, no error
     empty = run(score_cfg(tmp_path / "lake", backend="onnx-int8"), tiny_model, tmp_path / "out")
     assert empty.metrics["rows_in"] == 0 and read_manifest(tmp_path / "out", "score")["parity"] is None
+
+
+# ------------------------------------------------------------------------------------------------ tasks layer
+def test_the_int8_files_go_to_mlflow_and_the_registry_version_brings_them_back(prefect_harness, tiny_model, tmp_path,
+                                                                                monkeypatch):
+    """Job 1 exports, logs the files to its run and tags the version; job 2 (an empty workspace) downloads them.
+    A refused job still logs the gate's figures to its (failed) run."""
+    import mlflow
+
+    from bertflow.api import score
+    from bertflow.tasks import registry, tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # both workspaces share one tracking server
+    before = mlflow.get_tracking_uri()
+    try:
+        c = tracking.client(uri)
+        exp = c.create_experiment("models", artifact_location=(tmp_path / "artifacts").as_uri())
+        version = registry.register(registry.log_model(tiny_model, None, tracking_uri=uri, experiment_id=exp),
+                                    "tiny-topics", client=c)
+        make_lake(tmp_path / "lake", files=1, rows=40)
+        keys = dict(backend="onnx-int8", device="cpu", cpu_threads=1, batch_size=8, max_length=32)
+        model = f"models:/tiny-topics/{version}"
+        first = score(tmp_path / "lake", model, output=tmp_path / "out1", workspace=tmp_path / "ws1", **keys)
+        files = {a.path.rsplit("/", 1)[-1] for a in c.list_artifacts(first.run_id, "onnx/onnx-int8")}
+        assert {"model-int8.onnx", "export.json"} <= files and any(f.startswith("parity-onnx-int8-") for f in files)
+        tag = c.get_model_version("tiny-topics", str(version)).tags["bertflow.onnx.onnx-int8"]
+        assert tag == f"runs:/{first.run_id}/onnx/onnx-int8"
+        assert c.get_run(first.run_id).data.metrics["parity_agreement"] >= 0.97
+
+        second = score(tmp_path / "lake", model, output=tmp_path / "out2", workspace=tmp_path / "ws2", **keys)
+        assert c.get_run(second.run_id).data.tags["bertflow.onnx_source"] == tag
+        folder = next((tmp_path / "ws2" / "score" / ".onnx").iterdir())
+        assert (folder / "model-int8.onnx").is_file() and not (folder / "model.onnx").exists()  # fetched, not exported
+        got, ref = read_scored(tmp_path / "out2").sort_by("id"), read_scored(tmp_path / "out1").sort_by("id")
+        assert got["label"].equals(ref["label"]) and got["score"].equals(ref["score"])  # the same int8 model
+
+        broken = onnx.load(str(folder / "model-int8.onnx"))
+        for init in broken.graph.initializer:
+            if init.name.endswith("_quantized"):
+                init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+        onnx.save(broken, str(folder / "model-int8.onnx"))
+        with pytest.raises(ParityError, match="agreement with torch fp32"):
+            score(tmp_path / "lake", model, output=tmp_path / "out3", workspace=tmp_path / "ws2", **keys)
+        refused = c.search_runs([c.get_run(first.run_id).info.experiment_id], "tags.`bertflow.stage` = 'score'",
+                                order_by=["attribute.start_time DESC"])[0]
+        assert refused.info.status == "FAILED" and refused.data.metrics["parity_agreement"] < 0.97
+    finally:
+        tracking.use_store(before)
