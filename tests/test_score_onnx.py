@@ -58,7 +58,8 @@ def test_onnx_fp32_equals_torch_fp32_on_minilm(minilm_classifier, tmp_path):
     assert parity["agreement"] == 1.0 and parity["max_abs_delta"] < 1e-4 and parity["rows"] == 60
     assert parity["source"].startswith("the input") and result.metrics["parity_agreement"] == 1.0
     folder = model_folder(tmp_path / "cache", model_dir_digest(minilm_classifier))
-    assert {p.name for p in folder.iterdir()} >= {"model.onnx", "export.json"} and not (folder / "model-int8.onnx").exists()
+    assert {p.name for p in folder.iterdir()} >= {"model.onnx", "export.json"}
+    assert not (folder / "model-int8.onnx").exists()
     assert len(list(folder.glob("parity-onnx-*.json"))) == 1
 
 
@@ -109,8 +110,9 @@ def test_a_broken_int8_model_is_refused_with_its_figures(minilm_classifier, tmp_
             zeroed += 1
     assert zeroed >= 36  # 6 layers x (q, k, v, attention output, two feed-forward)
     onnx.save(broken, str(folder / "model-int8.onnx"))
-    with pytest.raises(ParityError, match=r"failed its parity gate: accuracy \d+\.\d\d against \d+\.\d\d with torch "
-                                          r"fp32, \d+\.\d\d points lower .*agreement with torch fp32 \d+\.\d\d%") as exc:
+    figures = (r"failed its parity gate: accuracy \d+\.\d\d against \d+\.\d\d with torch fp32, \d+\.\d\d points "
+               r"lower .*agreement with torch fp32 \d+\.\d\d%")
+    with pytest.raises(ParityError, match=figures) as exc:
         run(score_cfg(lake, backend="onnx-int8"), model, tmp_path / "refused", cache_dir=cache)
     assert exc.value.figures["parity_agreement"] < 0.9 and exc.value.figures["parity_metric_delta"] < -10
     assert not list((tmp_path / "refused").glob("*.parquet"))  # nothing scored
@@ -171,8 +173,8 @@ def test_backend_settings_are_checked(tiny_model, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ tasks layer
-def test_the_int8_files_go_to_mlflow_and_the_registry_version_brings_them_back(prefect_harness, tiny_model, tmp_path,
-                                                                                monkeypatch):
+def test_the_int8_files_go_to_mlflow_and_the_registry_version_brings_them_back(prefect_harness, minilm_classifier,
+                                                                                tmp_path, monkeypatch):
     """Job 1 exports, logs the files to its run and tags the version; job 2 (an empty workspace) downloads them.
     A refused job still logs the gate's figures to its (failed) run."""
     import mlflow
@@ -186,15 +188,15 @@ def test_the_int8_files_go_to_mlflow_and_the_registry_version_brings_them_back(p
     try:
         c = tracking.client(uri)
         exp = c.create_experiment("models", artifact_location=(tmp_path / "artifacts").as_uri())
-        version = registry.register(registry.log_model(tiny_model, None, tracking_uri=uri, experiment_id=exp),
-                                    "tiny-topics", client=c)
-        make_lake(tmp_path / "lake", files=1, rows=40)
-        keys = dict(backend="onnx-int8", device="cpu", cpu_threads=1, batch_size=8, max_length=32)
-        model = f"models:/tiny-topics/{version}"
+        logged = registry.log_model(minilm_classifier, None, tracking_uri=uri, experiment_id=exp)
+        version = registry.register(logged, "topics", client=c)
+        topic_lake(tmp_path / "lake" / "part-0.parquet", 40, seed=8)
+        keys = dict(backend="onnx-int8", device="cpu", cpu_threads=1, batch_size=16, max_length=32)
+        model = f"models:/topics/{version}"
         first = score(tmp_path / "lake", model, output=tmp_path / "out1", workspace=tmp_path / "ws1", **keys)
         files = {a.path.rsplit("/", 1)[-1] for a in c.list_artifacts(first.run_id, "onnx/onnx-int8")}
         assert {"model-int8.onnx", "export.json"} <= files and any(f.startswith("parity-onnx-int8-") for f in files)
-        tag = c.get_model_version("tiny-topics", str(version)).tags["bertflow.onnx.onnx-int8"]
+        tag = c.get_model_version("topics", str(version)).tags["bertflow.onnx.onnx-int8"]
         assert tag == f"runs:/{first.run_id}/onnx/onnx-int8"
         assert c.get_run(first.run_id).data.metrics["parity_agreement"] >= 0.97
 

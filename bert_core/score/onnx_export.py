@@ -9,7 +9,7 @@ Layout (one folder per model digest, the same digest scoring's commit records ca
     <cache>/<digest>/parity-*.json       the parity gate's figures (:mod:`bert_core.score.parity`)
 
 Every file is written under a temporary name and renamed into place, so workers sharing a
-cache never read half a file. A folder built by another format or outputs is rebuilt.
+cache never read half a file. A folder built by another format or other versions (export.json) is rebuilt.
 
 Per-channel weights: measured on MiniLM-L6 fine-tuned on SST-2, per-tensor int8 agreed with
 fp32 on 97.0% of the sentences, per-channel on 98.3% (and ran faster), issue 21.

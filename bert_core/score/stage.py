@@ -163,7 +163,7 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path | Location,
         planned = plan_run(cfg, out, model_dir=model_dir)
         jobs = planned.jobs
         pending = [j for j in jobs if not j.committed]
-        parity = _check_model(cfg, model_dir, pending, local=score_files is None, cache_dir=cache_dir)
+        parity = _check_model(cfg, model_dir, jobs, pending, local=score_files is None, cache_dir=cache_dir)
         progress = _Progress(on_progress, pending)
         done: dict[str, FileResult] = {}
         work = FileWork(cfg, str(model_dir), model_uri, model_version, str(cache_dir) if cache_dir else None)
@@ -183,11 +183,13 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path | Location,
                                    overwritten=claimed["removed"], parity=parity)
 
 
-def _check_model(cfg: ScoreConfig, model_dir: str | Path, pending: list[FileJob], *, local: bool,
-                 cache_dir: str | Path | None):
+def _check_model(cfg: ScoreConfig, model_dir: str | Path, jobs: list[FileJob], pending: list[FileJob], *,
+                 local: bool, cache_dir: str | Path | None):
     """Before any file: gate an ONNX backend, and load the model (or check it once for the workers).
 
-    Returns the gate's :class:`~bert_core.score.parity.Parity` (None for torch, or with nothing to score).
+    The gate's input slice is the first rows of every planned file, committed or not, so a rerun
+    after a crash compares on the same rows and finds its cached figures. Returns the gate's
+    :class:`~bert_core.score.parity.Parity` (None for torch, or with nothing to score).
     """
     from bertflow.bert_core.score.model import check_model, load_classifier
 
@@ -201,7 +203,7 @@ def _check_model(cfg: ScoreConfig, model_dir: str | Path, pending: list[FileJob]
         return None
     from bertflow.bert_core.score.parity import gate
 
-    parity = gate(cfg, model_dir, cache_dir, pending)
+    parity = gate(cfg, model_dir, cache_dir, jobs)
     load_classifier(model_dir, cfg, cache_dir)  # the ONNX file is in the cache before any worker looks for it
     return parity
 
