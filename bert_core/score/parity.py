@@ -221,7 +221,7 @@ def measure(cfg: ScoreConfig, model_dir: str | Path, cache_dir: str | Path, piec
     return Parity(backend=cfg.backend, source=piece.source, rows=int(scored.sum()), units=units,
                   agreement=agree / units if units else 1.0, max_abs_delta=float(delta.max()),
                   mean_abs_delta=float(delta.mean()), metric=metric, metric_fp32=fp32, metric_backend=ours,
-                  onnx_digest=file_digest(cand.model.path))
+                  onnx_digest=_digest(cand.model.path))
 
 
 def _units(head: str, arrays: tuple[np.ndarray, ...], mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -255,4 +255,16 @@ def _read(path: Path, folder: Path) -> Parity | None:
     onnx_file = folder / FILES[parity.backend] if parity.backend in FILES else None
     if onnx_file is None or not onnx_file.is_file() or not is_current(folder):
         return None
-    return parity if parity.onnx_digest == file_digest(onnx_file) else None
+    return parity if parity.onnx_digest == _digest(onnx_file) else None
+
+
+_digests: dict[tuple, str] = {}
+
+
+def _digest(path: Path) -> str:
+    """sha256 of an ONNX file, once per (path, size, mtime) in a process (an fp32 export is hundreds of MB)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = file_digest(path)
+    return _digests[key]
