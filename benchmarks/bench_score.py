@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peer-batch-sizes", default="64,256")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads for both (0: peer keeps torch's default, ours its own: cores - 1)")
+                    help="torch CPU threads for both (0: peer keeps torch's default, ours its own: every usable core)")
     ap.add_argument("--workdir", default=None, help="keep models and lakes here (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--texts", type=Path, help="an SST-2-style sentence<TAB>label file (.gz too), not the shared one")

@@ -16,3 +16,9 @@ class ConfigError(BertflowError):
 
 class InputError(BertflowError):
     """An input path, file, column or data set that cannot be used."""
+
+
+class ParityError(InputError):
+    """A cheaper scoring backend (ONNX, int8) whose predictions differ too much from the fp32 model's."""
+
+    figures: dict[str, float] = {}  # what the gate measured (``parity_*`` metrics), set where it is raised

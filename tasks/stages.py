@@ -22,7 +22,7 @@ from bertflow.bert_core.mask.config import MaskConfig
 from bertflow.bert_core.pretrain.config import PretrainConfig
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.vocab.config import VocabConfig
-from bertflow.tasks import reuse
+from bertflow.tasks import reuse, tracking
 from bertflow.tasks.stage_runner import StageRun, TrackingContext, run_stage
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
@@ -169,16 +169,35 @@ def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> S
 
     A registry alias (``models:/name@champion``) is pinned to its version once, here: the
     reuse key, the download and the ``model_version`` column (``name/N``) all see that version.
+    The ONNX backends keep their files in ``<workspace>/score/.onnx`` and in MLflow
+    (:mod:`tasks.onnx_cache`); a failed parity gate still logs its figures to the run.
     """
+    from bertflow.bert_core.errors import ParityError
     from bertflow.bert_core.score.stage import run
+    from bertflow.tasks import onnx_cache
     from bertflow.tasks.models import pin_model, resolve_model
     from bertflow.tasks.score_files import file_scorer
 
     ref = pin_model(model, ctx.tracking_uri)
+    cache = onnx_cache.cache_dir(ctx.workspace)
+    used: dict[str, str | None] = {}
 
     def body(m, p):
         model_dir = resolve_model(ref.pinned, ctx.workspace, ctx.tracking_uri)
-        return run(cfg, model_dir, out_dir, model_uri=ref.uri, model_version=ref.version, on_progress=p,
-                   score_files=file_scorer(cfg))
+        used["model_dir"] = model_dir
+        if cfg.backend != "torch":
+            used["fetched"] = onnx_cache.fetch(ref, model_dir, cache, cfg.backend, ctx.tracking_uri)
+        try:
+            return run(cfg, model_dir, out_dir, model_uri=ref.uri, model_version=ref.version, on_progress=p,
+                       score_files=file_scorer(cfg), cache_dir=cache)
+        except ParityError as exc:
+            m(0, exc.figures)  # the refused backend's figures, in the run that failed
+            raise
 
-    return run_stage("score", ctx, cfg, body, out_dir, inputs={"model": ref.pinned, "lake": cfg.input})
+    summary = run_stage("score", ctx, cfg, body, out_dir, inputs={"model": ref.pinned, "lake": cfg.input})
+    if cfg.backend != "torch" and not summary.reused and "model_dir" in used:
+        if used.get("fetched"):
+            tracking.set_tags(ctx.tracking_uri, summary.run_id, {"bertflow.onnx_source": used["fetched"]})
+        else:
+            onnx_cache.publish(ref, used["model_dir"], cache, cfg.backend, summary.run_id, ctx.tracking_uri)
+    return summary

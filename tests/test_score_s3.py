@@ -68,7 +68,7 @@ CHILD = textwrap.dedent("""
     from bertflow.bert_core.score.config import ScoreConfig
     from bertflow.bert_core.score.stage import run
     lake, model, out = sys.argv[1:4]
-    cfg = ScoreConfig(input=lake, batch_size=8, sort_window=2, max_length=32, device="cpu")
+    cfg = ScoreConfig(input=lake, batch_size=8, sort_window=2, max_length=32, device="cpu", cpu_threads=1)
     run(cfg, model, out, on_progress=lambda done, total: time.sleep(0.15))  # slow enough to be killed mid-run
 """)
 

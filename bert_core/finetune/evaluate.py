@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -68,3 +69,21 @@ def predictions_table(examples: Examples, outputs: SequenceOutputs | TokenOutput
     cols["score"] = pa.array(outputs.score, pa.float32())
     cols["correct"] = pa.array([g == label_names[p] for g, p in zip(examples.labels, outputs.pred)], pa.bool_())
     return pa.table(cols)
+
+
+PREDICTIONS = "predictions.parquet"  # beside the exported model/ in the fine-tune stage's output
+
+
+def labelled_validation(model_dir: str | Path):
+    """The labelled validation set a fine-tuned sequence classifier was evaluated on: ``text``
+    (, ``text_pair``), ``label`` from :data:`PREDICTIONS` beside ``model_dir``; None when there is none
+    (a model from elsewhere, a registry download, a token or QA model)."""
+    import pyarrow.parquet as pq
+
+    path = Path(model_dir).parent / PREDICTIONS
+    if not path.is_file():
+        return None
+    names = pq.read_schema(path).names
+    if "text" not in names or "label" not in names:
+        return None
+    return pq.read_table(path, columns=[c for c in ("text", "text_pair", "label") if c in names])

@@ -26,7 +26,7 @@ from bertflow.bert_core.finetune.check_export import compare_with_export
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.data import LabelledData, load_data
 from bertflow.bert_core.finetune.encode import Encoded, encode_texts, encode_words, require_fast
-from bertflow.bert_core.finetune.evaluate import HEADLINE, Evaluation, evaluate, predictions_table
+from bertflow.bert_core.finetune.evaluate import HEADLINE, PREDICTIONS, Evaluation, evaluate, predictions_table
 from bertflow.bert_core.finetune.export import export_model
 from bertflow.bert_core.finetune.infer import infer
 from bertflow.bert_core.finetune.model import (
@@ -113,7 +113,7 @@ def run(
         with atomic_dir(out_dir) as tmp:
             export_model(model, tokenizer, tmp / "model", meta, base_dir=base)
             export_check = compare_with_export(tmp / "model", data.valid, final.outputs, device, cfg.eval_batch_size)
-            write_parquet(predictions_table(data.valid, final.outputs, names), tmp / "predictions.parquet")
+            write_parquet(predictions_table(data.valid, final.outputs, names), tmp / PREDICTIONS)
             title = f"validation confusion matrix ({len(data.valid)} examples)"
             has_png = cfg.task == "sequence" and save_confusion_png(
                 final.confusion, names, tmp / "confusion_matrix.png", title

@@ -73,7 +73,21 @@ class ScoreConfig(Config):
     prefetch_windows: int = Field(
         2, ge=1, description="Tokenized windows queued ahead of the model (bounded, so memory stays flat)")
     cpu_threads: int = Field(
-        0, ge=0, description="torch threads while scoring on CPU; 0: usable cores - 1 (one left to the tokenizer)")
+        0, ge=0, description="torch (and ONNX Runtime) threads while scoring on CPU; 0: every core this process "
+                             "may use")
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch", description="What runs the model: torch (any device), or ONNX Runtime on the CPU: onnx (fp32) or "
+                             "onnx-int8 (linear layers quantized to int8; several times faster on CPUs). The ONNX "
+                             "backends pass a parity gate against torch fp32 before scoring anything")
+    parity_rows: int = Field(
+        512, ge=1, description="onnx backends: rows of the parity gate's slice (the fine-tune's labelled validation "
+                               "set beside the model when there is one, else the first rows of the input)")
+    max_metric_drop: float = Field(
+        1.0, ge=0, description="onnx backends: refuse to score when the gate's metric (accuracy, in points) falls "
+                               "more than this below torch fp32's (only when the slice has labels)")
+    min_agreement: float = Field(
+        0.97, ge=0, le=1, description="onnx backends: refuse to score when fewer than this share of the gate's "
+                                      "predictions equal torch fp32's (flips near the decision boundary are normal)")
     non_string_text: Literal["error", "cast"] = Field(
         "error", description="A non-string text column: a per-row error, or cast numbers to text")
     output_prefix: str = Field(
@@ -151,3 +165,12 @@ class ScoreConfig(Config):
         if not _DEVICE.match(device):
             raise ValueError(f"{device!r} must be auto, cpu, mps, cuda or cuda:N")
         return device
+
+    @field_validator("backend")
+    @classmethod
+    def _onnx_runs_on_the_cpu(cls, backend: str, info: ValidationInfo) -> str:
+        device = info.data.get("device", "auto")
+        if backend != "torch" and device not in ("auto", "cpu"):
+            raise ValueError(f"{backend} runs on the CPU (ONNX Runtime's CPU provider), but score.device is "
+                             f"{device!r}: set score.device to cpu or auto, or score.backend to torch")
+        return backend

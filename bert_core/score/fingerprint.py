@@ -26,6 +26,9 @@ _OUTPUT_KEYS = ("text_column", "text_pair_column", "key_columns", "where", "max_
 # outputs committed before these keys existed (sequence models) stay committed.
 _HEAD_KEYS = ("head", "question_column", "context_column", "stride", "max_windows", "aggregation", "tokens",
               "max_answer_length", "null_threshold")
+# What runs the model: int8 arithmetic gives (slightly) other scores, so a file scored by another backend is
+# redone; counted only when not torch, so outputs committed before the key existed stay committed.
+_BACKEND_KEYS = ("backend",)
 
 
 def read_footer(fh) -> bytes:
@@ -86,5 +89,5 @@ def config_digest(cfg: ScoreConfig) -> str:
     body["filter"] = body.pop("where")  # the key's old name: outputs committed before the rename stay valid
     body["key_columns"] = list(body["key_columns"]) if body["key_columns"] is not None else None
     defaults = ScoreConfig.model_fields
-    body.update({k: getattr(cfg, k) for k in _HEAD_KEYS if getattr(cfg, k) != defaults[k].default})
+    body.update({k: getattr(cfg, k) for k in (*_HEAD_KEYS, *_BACKEND_KEYS) if getattr(cfg, k) != defaults[k].default})
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -34,7 +34,7 @@ _cache: dict[tuple, Classifier] = {}
 class Classifier:
     """A loaded model, its head and its fast tokenizer (truncating to ``max_length``, no padding)."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # or, for score.backend onnx / onnx-int8, an onnx_runtime.OrtModel called the same way
     tokenizer: object  # tokenizers.Tokenizer
     device: torch.device
     dtype: torch.dtype
@@ -52,6 +52,12 @@ class Classifier:
     meta: dict = field(default_factory=dict)  # bertflow's export marker (task, thresholds), or what config.json says
     unk_id: int | None = None
     derived: dict = field(default_factory=dict)  # what heads build from the model once (tokenizer copies), by key
+    backend: str = "torch"  # score.backend: torch, onnx or onnx-int8
+
+    @property
+    def precision(self) -> str:
+        """What the arithmetic runs in, for results and manifests: float32, bfloat16 or int8."""
+        return "int8" if self.backend == "onnx-int8" else str(self.dtype).replace("torch.", "")
 
     def reuse(self, key: tuple, build):
         """``build()`` once per ``key`` for this loaded model (copying a 30k-word tokenizer costs ~0.1 s)."""
@@ -71,16 +77,21 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def cpu_threads(cfg: ScoreConfig) -> int:
-    """Torch threads for CPU scoring: ``cfg.cpu_threads``, or all usable cores but one.
+    """Threads for CPU scoring (torch and ONNX Runtime alike): ``cfg.cpu_threads``, or every core this process may use.
 
-    The spare core runs the tokenizer thread. Measured on 2 shared cores: with 2 torch
-    threads competing with the tokenizer (and other processes), OpenMP barriers stall
-    and the pipeline ran 2-7x slower than with 1 (benchmarks/RESULTS.md, Scoring).
+    The tokenizer thread spends most of its time in Rust with the GIL released and needs no
+    core of its own: on an idle 2-core machine MiniLM-L6 scored 351 rows/s with 2 torch
+    threads against 194 with the old "all cores but one" rule (issue 21). On a box shared
+    with other busy processes, ``score.cpu_threads`` sets fewer.
     """
     if cfg.cpu_threads > 0:
         return cfg.cpu_threads
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, usable - 1)
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -94,16 +105,31 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def load_classifier(model_dir: str | Path, cfg: ScoreConfig) -> Classifier:
-    """Load (or reuse) the model in ``model_dir`` (any head) for ``cfg``'s device, precision and settings."""
+def load_classifier(model_dir: str | Path, cfg: ScoreConfig, cache_dir: str | Path | None = None) -> Classifier:
+    """Load (or reuse) the model in ``model_dir`` (any head) for ``cfg``'s device, precision, settings and backend.
+
+    The ONNX backends (``score.backend`` onnx, onnx-int8) run on the CPU from a file exported
+    (and quantized) into ``cache_dir`` on first use. The parity gate is the caller's
+    (``stage.run`` runs it before any file): this only loads.
+    """
     model_dir = _checked_dir(model_dir, cfg)
-    device = resolve_device(cfg.device)
+    onnx = cfg.backend != "torch"
+    if onnx and cache_dir is None:
+        raise ValueError(f"score.backend {cfg.backend} needs a cache folder for its ONNX files (cache_dir)")
+    device = torch.device("cpu") if onnx else resolve_device(cfg.device)
     dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
     fingerprint = model_dir_digest(model_dir)
-    key = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length, cfg.head)
+    base = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length, cfg.head)
+    key = (*base, cfg.backend, (cpu_threads(cfg), str(Path(cache_dir).resolve())) if onnx else None)
     if key not in _cache:
+        loaded = _cache.get((*base, "torch", None)) if onnx else None  # the parity gate's fp32 reference
         _cache.clear()  # one model at a time: scoring runs hold one, and GPU memory is not free
-        _cache[key] = _load(model_dir, cfg, device, dtype, fingerprint)
+        clf = loaded or _load(model_dir, cfg, device, dtype, fingerprint)
+        if onnx:
+            from bertflow.bert_core.score.onnx_runtime import onnx_classifier
+
+            clf = onnx_classifier(clf, cfg.backend, cache_dir, cpu_threads(cfg))
+        _cache[key] = clf
     make_head(cfg, _cache[key])  # a cached model too: settings its head cannot honour fail here, before any file
     return _cache[key]
 

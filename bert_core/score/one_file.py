@@ -30,13 +30,15 @@ from bertflow.bert_core.score.where import parse_where
 
 
 def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri: str | None = None,
-               on_progress: ProgressFn | None = None, *, model_version: str | None = None) -> FileResult:
+               on_progress: ProgressFn | None = None, *, model_version: str | None = None,
+               cache_dir: str | Path | None = None) -> FileResult:
     """Score one input file into its output file, atomically (local or object store, in or out).
 
     Idempotent: a file already committed (same input, config and model) is not
     scored again (``status="skipped"``). Bad rows are flagged, never fatal; an
     unreadable file or a missing column raises InputError. Row groups whose statistics
-    rule out ``score.where`` are not read.
+    rule out ``score.where`` are not read. ``cache_dir``: where the ONNX backends keep their
+    files (``stage.run`` gates them before any file).
     """
     from bertflow.bert_core.score.heads import make_head
     from bertflow.bert_core.score.model import load_classifier
@@ -50,7 +52,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
     digest = config_digest(cfg)
     if commit_status(out, job.input_fingerprint, digest, model_dir_digest(model_dir))[0]:
         return FileResult.skipped(job, read_commit(out.path, out.fs))
-    clf = load_classifier(model_dir, cfg)
+    clf = load_classifier(model_dir, cfg, cache_dir)
     head = make_head(cfg, clf)
     counter = ReadCounter()
     source, pf, rp = _open(cfg, job, counter, clf.head)
@@ -96,8 +98,7 @@ def score_file(cfg: ScoreConfig, job: FileJob, model_dir: str | Path, model_uri:
     counts.row_groups_read = groups if rp.row_groups is None else len(rp.row_groups)
     counts.row_groups_skipped = groups - counts.row_groups_read
     counts.bytes_read = counter.bytes
-    return FileResult.scored(job, counts, time.perf_counter() - t0, str(clf.device),
-                             str(clf.dtype).replace("torch.", ""))
+    return FileResult.scored(job, counts, time.perf_counter() - t0, str(clf.device), clf.precision)
 
 
 def _open(cfg: ScoreConfig, job: FileJob, counter: ReadCounter, head: str):
@@ -142,17 +143,29 @@ def _output_root(output: str, rel: str) -> str:
     return output[: len(output) - len(output_relpath(PurePosixPath(rel)).as_posix())].rstrip("/")
 
 
-def selected_rows(cfg: ScoreConfig, job: FileJob, columns: list[str] | None = None,
-                  head: str = "sequence") -> pa.Table:
+def selected_rows(cfg: ScoreConfig, job: FileJob, columns: list[str] | None = None, *,
+                  head: str | None = None, limit: int | None = None) -> pa.Table:
     """The rows of a job's file that ``score.where`` selects, read exactly as scoring reads them
-    (row groups pruned by statistics, then rows by the condition); no model involved."""
+    (row groups pruned by statistics, then rows by the condition); no model involved.
+
+    ``head``: whose input columns must be there (default: ``score.head``, sequence for auto);
+    ``limit``: stop after this many rows (the parity gate's slice reads no more than it needs).
+    """
+    from bertflow.bert_core.score.heads import head_name
     from bertflow.bert_core.score.scorer import read_batches
 
-    source, pf, rp = _open(cfg, job, ReadCounter(), head)
+    source, pf, rp = _open(cfg, job, ReadCounter(), head or head_name(cfg, None))
     try:
         names = columns or list(rp.read_columns)
         rp = dataclasses.replace(rp, read_columns=tuple(dict.fromkeys([*names, *rp.read_columns])))
-        batches = [b.select(names) for b, _ in read_batches(pf, job.input_path, cfg, rp)]
+        batches, have = [], 0
+        for b, _ in read_batches(pf, job.input_path, cfg, rp):
+            if limit is not None and have + b.num_rows > limit:
+                b = b.slice(0, limit - have)
+            batches.append(b.select(names))
+            have += b.num_rows
+            if limit is not None and have >= limit:
+                break
         return pa.Table.from_batches(batches, schema=pa.schema([pf.schema_arrow.field(n) for n in names]))
     finally:
         source.close()
@@ -166,12 +179,13 @@ class FileWork:
     model_dir: str
     model_uri: str | None = None
     model_version: str | None = None
+    cache_dir: str | None = None  # the ONNX backends' files (a local folder every worker can read, or rebuild in)
 
     def __call__(self, job: FileJob, on_progress: ProgressFn | None = None) -> FileResult:
         """Score ``job``: a problem with this file is a failed result; a full disk raises one clear InputError."""
         try:
             return score_file(self.cfg, job, self.model_dir, self.model_uri, on_progress,
-                              model_version=self.model_version)
+                              model_version=self.model_version, cache_dir=self.cache_dir)
         except BertflowError as exc:  # a bad file is reported, the others go on
             return FileResult.failed(job, str(exc))
         except OSError as exc:  # a full disk stops the run with one clear line (the next file would fail too)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -135,7 +136,7 @@ def score_in_process(jobs: Sequence[FileJob], work: FileWork, on_rows: RowsFn) -
 
 def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path | Location, *, model_uri: str | None = None,
         model_version: str | None = None, on_progress: ProgressFn | None = None,
-        score_files: FileScorer | None = None) -> ScoreResult:
+        score_files: FileScorer | None = None, cache_dir: str | Path | None = None) -> ScoreResult:
     """Score every pending file of ``cfg.input`` into ``out_dir`` (a folder or ``s3://`` prefix) under its lock.
 
     An output that holds another input's results is refused unless ``cfg.overwrite``.
@@ -144,9 +145,16 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path | Location,
     every file failed. A file that cannot be scored (corrupt, column missing) is reported
     in the result and manifest (``failed``, with its reason) and the others are scored;
     the next run tries it again.
-    """
-    from bertflow.bert_core.score.model import check_model, load_classifier
 
+    ``score.backend`` onnx / onnx-int8: the model is exported (and quantized) into
+    ``cache_dir`` (a local folder; None: a temporary one for this run) and must pass the
+    parity gate (:mod:`bert_core.score.parity`) before any file is scored; its figures go
+    into the manifest and the metrics.
+    """
+    if cfg.backend != "torch" and cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="bertflow-onnx-") as tmp:
+            return run(cfg, model_dir, out_dir, model_uri=model_uri, model_version=model_version,
+                       on_progress=on_progress, score_files=score_files, cache_dir=tmp)
     t0 = time.perf_counter()
     out = out_dir if isinstance(out_dir, Location) else locate(out_dir)
     with output_lock(out) as lock:
@@ -155,15 +163,11 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path | Location,
         planned = plan_run(cfg, out, model_dir=model_dir)
         jobs = planned.jobs
         pending = [j for j in jobs if not j.committed]
-        if any(j.problem is None for j in pending):
-            if score_files is None:
-                load_classifier(model_dir, cfg)  # loaded once here, reused for every file
-            else:
-                check_model(model_dir, cfg)  # the workers load their own copy, maybe on a device we lack
+        parity = _check_model(cfg, model_dir, jobs, pending, local=score_files is None, cache_dir=cache_dir)
         progress = _Progress(on_progress, pending)
         done: dict[str, FileResult] = {}
-        for result in (score_files or score_in_process)(pending, FileWork(cfg, str(model_dir), model_uri,
-                                                                          model_version), progress.rows):
+        work = FileWork(cfg, str(model_dir), model_uri, model_version, str(cache_dir) if cache_dir else None)
+        for result in (score_files or score_in_process)(pending, work, progress.rows):
             done[result.input] = result
             progress.finished(result)
             lock.check()  # an object-store lease taken over: stop rather than race its new holder
@@ -176,7 +180,32 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path | Location,
         results = [done.get(j.rel_path) or FileResult.skipped(j, read_commit(j.output_path)) for j in jobs]
         return _write_run_manifest(cfg, out, planned, results, seconds=time.perf_counter() - t0, model_dir=model_dir,
                                    model_uri=model_uri, model_version=model_version, stale_removed=stale,
-                                   overwritten=claimed["removed"])
+                                   overwritten=claimed["removed"], parity=parity)
+
+
+def _check_model(cfg: ScoreConfig, model_dir: str | Path, jobs: list[FileJob], pending: list[FileJob], *,
+                 local: bool, cache_dir: str | Path | None):
+    """Before any file: gate an ONNX backend, and load the model (or check it once for the workers).
+
+    The gate's input slice is the first rows of every planned file, committed or not, so a rerun
+    after a crash compares on the same rows and finds its cached figures. Returns the gate's
+    :class:`~bert_core.score.parity.Parity` (None for torch, or with nothing to score).
+    """
+    from bertflow.bert_core.score.model import check_model, load_classifier
+
+    if not any(j.problem is None for j in pending):
+        return None
+    if cfg.backend == "torch":
+        if local:
+            load_classifier(model_dir, cfg)  # loaded once here, reused for every file
+        else:
+            check_model(model_dir, cfg)  # the workers load their own copy, maybe on a device we lack
+        return None
+    from bertflow.bert_core.score.parity import gate
+
+    parity = gate(cfg, model_dir, cache_dir, jobs)
+    load_classifier(model_dir, cfg, cache_dir)  # the ONNX file is in the cache before any worker looks for it
+    return parity
 
 
 class _Progress:
@@ -211,7 +240,8 @@ class _Progress:
 
 def _write_run_manifest(cfg: ScoreConfig, out: Location, planned: Plan, results: list[FileResult],
                         *, seconds: float, model_dir: str | Path, model_uri: str | None,
-                        model_version: str | None, stale_removed: list[str], overwritten: list[str]) -> ScoreResult:
+                        model_version: str | None, stale_removed: list[str], overwritten: list[str],
+                        parity=None) -> ScoreResult:
     """Write ``manifest.json`` (and a copy under ``_runs/``) for one run and return its ScoreResult."""
     from bertflow.bert_core import __version__
 
@@ -230,6 +260,7 @@ def _write_run_manifest(cfg: ScoreConfig, out: Location, planned: Plan, results:
                                         "row_groups_read", "row_groups_skipped")},
         "bytes_read": float(planned.bytes_read + total("bytes_read")),
         "rows_per_s": total("rows_out") / seconds if seconds > 0 else 0.0, "seconds": seconds,
+        **(parity.metrics() if parity is not None else {}),
     }
     padded = total("padded_tokens")
     fingerprint = hashlib.sha256("".join(f"{j.rel_path}\0{j.input_fingerprint}\n" for j in
@@ -243,6 +274,7 @@ def _write_run_manifest(cfg: ScoreConfig, out: Location, planned: Plan, results:
         "model_uri": model_uri, "model_version": model_version,
         "model_fingerprint": model_dir_digest(model_dir), "config_digest": config_digest(cfg),
         "device": next((r.device for r in scored), None), "dtype": next((r.dtype for r in scored), None),
+        "backend": cfg.backend, "parity": parity.to_dict() if parity is not None else None,
         "metrics": metrics, "padding_efficiency": total("tokens") / padded if padded else None,
         "where": cfg.where, "pruned": planned.pruned, "plan_bytes_read": planned.bytes_read,
         "files": [r.to_dict() for r in results], "failed": [{"input": r.input, "reason": r.reason} for r in failed],
@@ -257,6 +289,7 @@ def _write_run_manifest(cfg: ScoreConfig, out: Location, planned: Plan, results:
         Path(out.path, "_runs").mkdir(exist_ok=True)
     out.child(f"_runs/{stamp}-{manifest['run_id']}.json").write_bytes(body)
     details = {"manifest": path.uri, "files": results, "failed": failed, "stale_temps_removed": stale_removed,
+               "parity": manifest["parity"],
                "orphan_outputs": orphans, "pruned": planned.pruned, "overwritten": overwritten}
     return ScoreResult(stage=STAGE, path=out.uri, metrics=metrics, details=details)
 
