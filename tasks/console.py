@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 # Loggers whose INFO lines narrate a library's internals (never a thing to act on); their warnings still show.
-CHATTY_LOGGERS = ("mlflow.system_metrics", "mlflow.store.db.utils", "mlflow.tracking.fluent", "alembic",
+CHATTY_LOGGERS = ("mlflow.system_metrics", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.pyfunc",
+                  "mlflow.models.model", "alembic",
                   "httpx")
 
 
