@@ -66,6 +66,18 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------- data ----------------------------------------------
+def rates(peer: dict[int, list[float]], ours: list[float]) -> dict:
+    """Medians of the runs, the peer's best batch size and our ratio to it (one summary for every head)."""
+    peer_median = {bs: statistics.median(v) for bs, v in peer.items()}
+    best_bs = max(peer_median, key=peer_median.get)
+    ours_median = round(statistics.median(ours), 1)
+    return {"peer_rows_per_s": {str(bs): round(v, 1) for bs, v in peer_median.items()}, "peer_best_batch_size": best_bs,
+            "peer_best_rows_per_s": round(peer_median[best_bs], 1), "ours_rows_per_s": ours_median,
+            "ours_runs": [round(x, 1) for x in ours],
+            "peer_runs": {str(b): [round(x, 1) for x in v] for b, v in peer.items()},
+            "ratio_ours_vs_peer": round(ours_median / round(peer_median[best_bs], 1), 3)}
+
+
 def load_sentences(n: int, seed: int = 0, sst2: Path | None = None) -> tuple[list[str], str]:
     """``n`` sentences of 5-60 words: SST-2 (``sst2``: a ``sentence<TAB>label`` file, ``.gz`` too; default
     the shared copy; repeated if needed), Gutenberg, or synthesized."""
@@ -305,8 +317,6 @@ def bench_model(kind: str, args, work: Path, texts: list[str], lake: Path) -> di
         rate, metrics = time_ours(model_dir, lake, work, ours_bs, device, args.max_length, args.threads, str(r))
         ours.append(rate)
         print(f"  [{kind}] repeat {r}: ours bs={ours_bs}: {rate:,.0f} rows/s", flush=True)
-    peer_median = {bs: statistics.median(v) for bs, v in peer.items()}
-    best_bs = max(peer_median, key=peer_median.get)
     from bertflow.bert_core.score.config import ScoreConfig
     from bertflow.bert_core.score.model import cpu_threads
 
@@ -314,12 +324,8 @@ def bench_model(kind: str, args, work: Path, texts: list[str], lake: Path) -> di
         "model": kind, "device": device, "rows": len(texts), "repeats": args.repeats, "ours_batch_size": ours_bs,
         "peer_cpu_threads": torch.get_num_threads(),
         "ours_cpu_threads": cpu_threads(ScoreConfig(cpu_threads=args.threads)),
-        "peer_rows_per_s": {str(bs): round(v, 1) for bs, v in peer_median.items()}, "peer_best_batch_size": best_bs,
-        "peer_best_rows_per_s": round(peer_median[best_bs], 1), "ours_rows_per_s": round(statistics.median(ours), 1),
-        "ours_runs": [round(x, 1) for x in ours],
-        "peer_runs": {str(b): [round(x, 1) for x in v] for b, v in peer.items()},
+        **rates(peer, ours),
     }
-    result["ratio_ours_vs_peer"] = round(result["ours_rows_per_s"] / result["peer_best_rows_per_s"], 3)
     if device.startswith("cuda"):
         ceiling = time_ceiling(model_dir, texts, ours_bs, device, args.max_length)
         result["ceiling_rows_per_s"] = round(ceiling, 1)
@@ -498,8 +504,6 @@ def bench_head(head: str, args, work: Path) -> dict:
     from bertflow.bert_core.score.config import ScoreConfig
     from bertflow.bert_core.score.model import cpu_threads
 
-    peer_median = {bs: statistics.median(v) for bs, v in peer.items()}
-    best_bs = max(peer_median, key=peer_median.get)
     result = {
         "model": f"{head} head, {model_desc}", "head": head, "device": device, "rows": args.rows,
         "repeats": args.repeats, "ours_batch_size": ours_bs, "source": source,
@@ -507,12 +511,8 @@ def bench_head(head: str, args, work: Path) -> dict:
                  else "transformers 4.x pipeline('question-answering') (removed in transformers 5)"),
         "peer_cpu_threads": args.threads or torch.get_num_threads(),
         "ours_cpu_threads": cpu_threads(ScoreConfig(cpu_threads=args.threads)),
-        "peer_rows_per_s": {str(bs): round(v, 1) for bs, v in peer_median.items()}, "peer_best_batch_size": best_bs,
-        "peer_best_rows_per_s": round(peer_median[best_bs], 1), "ours_rows_per_s": round(statistics.median(ours), 1),
-        "ours_runs": [round(x, 1) for x in ours],
-        "peer_runs": {str(b): [round(x, 1) for x in v] for b, v in peer.items()},
+        **rates(peer, ours),
     }
-    result["ratio_ours_vs_peer"] = round(result["ours_rows_per_s"] / result["peer_best_rows_per_s"], 3)
     return result
 
 
