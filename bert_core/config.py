@@ -1,7 +1,7 @@
 """The pipeline's whole configuration: one typed section per stage.
 
 Presets live in ``configs/*.yaml`` (sections ``ingest``, ``vocab``, ``mask``,
-``pretrain``, ``finetune``, ``score``, plus ``flow`` for orchestration) and load
+``pretrain``, ``finetune``, ``distill``, ``score``, plus ``flow`` for orchestration) and load
 by name (``tiny``) or path; ``--set section.key=value`` overrides any key. Relative
 paths inside a YAML file are relative to that file; those in overrides and defaults
 to the current directory. Unknown keys and bad values raise
@@ -18,6 +18,7 @@ from pydantic import Field
 
 import bertflow
 from bertflow.bert_core.configtools import Config, apply_overrides, from_dict, load_yaml, resolve_paths, to_dict
+from bertflow.bert_core.distill.config import DistillConfig
 from bertflow.bert_core.errors import ConfigError
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.flowconfig import FlowConfig
@@ -27,7 +28,9 @@ from bertflow.bert_core.pretrain.config import PretrainConfig
 from bertflow.bert_core.score.config import ScoreConfig
 from bertflow.bert_core.vocab.config import VocabConfig
 
-STAGES = ("ingest", "vocab", "mask", "pretrain", "finetune", "score")
+STAGES = ("ingest", "vocab", "mask", "pretrain", "finetune", "score")  # what a pipeline run does by default
+OPTIONAL_STAGES = ("distill",)  # run only when asked for (``--stages finetune,distill``, ``bertflow distill``)
+ALL_STAGES = ("ingest", "vocab", "mask", "pretrain", "finetune", "distill", "score")  # in pipeline order
 
 
 class PipelineConfig(Config):
@@ -39,6 +42,8 @@ class PipelineConfig(Config):
     pretrain: PretrainConfig = Field(
         PretrainConfig(), description="BERT pretraining: model shape, optimisation, budgets")
     finetune: FinetuneConfig = Field(FinetuneConfig(), description="Fine-tuning a classifier on labelled data")
+    distill: DistillConfig = Field(
+        DistillConfig(), description="Distilling the fine-tuned classifier into a smaller student (optional stage)")
     score: ScoreConfig = Field(ScoreConfig(), description="Bulk scoring of a Parquet lake with the classifier")
     flow: FlowConfig = Field(FlowConfig(), description="Retries, timeouts and continuation (not stage content)")
 

@@ -1,8 +1,8 @@
 """The ``bertflow`` command line (also ``python -m flows``).
 
 ``bertflow pipeline`` runs all six stages; ``bertflow ingest|vocab|mask|pretrain|
-finetune|score`` runs one, reading its inputs from the workspace; ``bertflow sweep``
-searches fine-tuning settings. Every command takes the same ``--config``/``--set``/``--workspace``
+finetune|score`` runs one, reading its inputs from the workspace; ``bertflow distill``
+trains a smaller student from a fine-tuned teacher; ``bertflow sweep`` searches fine-tuning settings. Every command takes the same ``--config``/``--set``/``--workspace``
 options, and the stage commands the same output options: ``--run-name`` (the MLflow parent run),
 ``--quiet``, ``--log-format text|json`` and ``--log-interval`` (progress lines when stdout is not
 a terminal). User mistakes
@@ -117,11 +117,13 @@ def _print_summary(summary: "PipelineResult") -> None:
     console.print(f"Workspace:        {summary.workspace}")
     console.print(f"MLflow store:     {uri}")
     console.print(f"MLflow parent run: {summary.parent_run_id} (experiment {summary.experiment_id})")
-    finetune = summary.stages.get("finetune")
-    if finetune is not None and finetune.registry is not None:
-        reg = finetune.registry
-        console.print(f"Registered model: models:/{reg.name}/{reg.version} (alias candidate; "
-                      f"champion {'moved' if reg.promoted else 'kept'})")
+    for stage in ("finetune", "distill"):
+        run = summary.stages.get(stage)
+        if run is not None and run.registry is not None:
+            reg = run.registry
+            what = "Registered model" if stage == "finetune" else "Registered student"
+            console.print(f"{what}: models:/{reg.name}/{reg.version} (alias candidate; "
+                          f"champion {'moved' if reg.promoted else 'kept'})")
     console.print(f"Summary JSON:     {Path(summary.workspace) / 'last_run.json'}")
     if uri.startswith("sqlite:"):
         console.print(
@@ -186,6 +188,30 @@ app.command("pretrain")(_stage_command(
 app.command("finetune")(_stage_command(
     "finetune", "Fine-tune for classification/NER (finetune.train_path; base: pretrain export or finetune.base_model) "
     "and register the model in MLflow as `candidate`."))
+
+
+@app.command("distill")
+def distill(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None,
+            teacher: Annotated[Optional[str], typer.Option(
+                help="Fine-tuned classifier to distill: models:/name@champion, runs:/..., or a local HF dir "
+                     "(default: distill.teacher, else the workspace's fine-tuned model).")] = None,
+            layers: Annotated[Optional[int], typer.Option(
+                min=1, help="Student layers, taken from every k-th teacher layer (distill.student_layers).")] = None,
+            temperature: Annotated[Optional[float], typer.Option(
+                min=0.01, help="Soft-label temperature (distill.temperature).")] = None,
+            unlabeled: Annotated[Optional[list[str]], typer.Option(
+                help="Extra text for the teacher to label: Parquet/CSV/JSONL/text files or globs (repeatable).")]
+            = None,
+            run_name: RunNameOpt = None, quiet: QuietOpt = False, log_format: LogFormatOpt = "text",
+            log_interval: LogIntervalOpt = 30.0) -> None:
+    """Distill a fine-tuned classifier into a smaller student on the fine-tune data (finetune.train_path);
+    register it as a new version of the teacher's model with tag `distilled_from`."""
+    chosen = {k: v for k, v in (("teacher", teacher), ("student_layers", layers), ("temperature", temperature),
+                                ("unlabeled", unlabeled)) if v}
+    cfg = load_config(config, set_ or [])
+    if chosen:
+        cfg = evolve(cfg, distill=evolve(cfg.distill, **chosen))
+    _run_flow(["distill"], cfg, [], workspace, run_name, quiet, log_format, log_interval)
 
 
 @app.command("score")

@@ -1,4 +1,4 @@
-"""The ``pipeline`` flow: ingest -> vocab -> mask -> pretrain -> finetune -> score.
+"""The ``pipeline`` flow: ingest -> vocab -> mask -> pretrain -> finetune (-> distill) -> score.
 
 Flow parameters are the user's knobs: the typed :class:`PipelineConfig` (so a
 deployment's run form in the Prefect UI is a validated form with every key's
@@ -18,12 +18,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from bertflow.bert_core.config import STAGES, PipelineConfig
+from bertflow.bert_core.config import ALL_STAGES, STAGES, PipelineConfig
 from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.score.destination import default_output
 from bertflow.flows.workspace import Workspace, resolve
-from bertflow.tasks import champion, console, parent_run, tracking
+from bertflow.tasks import champion, console, parent_run, reuse, tracking
 from bertflow.tasks import stages as stage_tasks
 from bertflow.tasks.progress import ProgressOptions
 from bertflow.tasks.stage_runner import StageRun, TrackingContext
@@ -47,7 +47,7 @@ class PipelineResult:
                 "stages": {name: run.to_json() for name, run in self.stages.items()}}
 
 
-Stage = Literal["ingest", "vocab", "mask", "pretrain", "finetune", "score"]
+Stage = Literal["ingest", "vocab", "mask", "pretrain", "finetune", "distill", "score"]
 
 
 @flow(name="pipeline", validate_parameters=True)
@@ -63,7 +63,8 @@ def pipeline(
     Args:
         config: every stage's settings (`bertflow config -c tiny` prints a preset's values).
         workspace: where outputs and the MLflow store go; default `$BERTFLOW_WORKSPACE` or `./workspace`.
-        stages: a subset of ingest, vocab, mask, pretrain, finetune, score (run in pipeline order); default all six.
+        stages: a subset of ingest, vocab, mask, pretrain, finetune, distill, score (run in pipeline order);
+            default the six main ones (distill runs only when named).
         run_name: the MLflow parent run's name; default the config's name and the start time.
         progress: how stages show progress: live in a terminal, else a log line every `log_interval_s` seconds.
     """
@@ -77,10 +78,10 @@ def pipeline(
 def check_stages(stages: list[str] | None) -> list[str]:
     """The chosen stages in pipeline order; an unknown name is an InputError listing the stages."""
     chosen = list(stages or STAGES)
-    unknown = [s for s in chosen if s not in STAGES]
+    unknown = [s for s in chosen if s not in ALL_STAGES]
     if unknown:
-        raise InputError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}")
-    return [s for s in STAGES if s in chosen]
+        raise InputError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(ALL_STAGES)}")
+    return [s for s in ALL_STAGES if s in chosen]
 
 
 def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, run_name: str | None,
@@ -103,7 +104,7 @@ def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, run_name: str | 
     results: dict[str, StageRun] = {}
     with tracking.run_scope(uri, parent.run_id), parent.recording(results):
         for stage in chosen:
-            results[stage] = _run_one(stage, cfg, ws, ctx, base)
+            results[stage] = _run_one(stage, cfg, ws, ctx, base, results)
     summary = PipelineResult(workspace=str(ws.root), tracking_uri=uri, experiment_id=exp_id,
                              parent_run_id=parent.run_id, mlflow_run_url=tracking.run_url(uri, exp_id, parent.run_id),
                              stages=results)
@@ -115,8 +116,9 @@ def _run(cfg: PipelineConfig, chosen: list[str], ws: Workspace, run_name: str | 
 
 
 def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContext,
-             base: champion.ChampionBase | None) -> StageRun:
-    """Run one stage task with the configured retries and timeout; ``base``: continuing from the champion."""
+             base: champion.ChampionBase | None, done: dict[str, StageRun] | None = None) -> StageRun:
+    """Run one stage task with the configured retries and timeout; ``base``: continuing from the champion;
+    ``done``: the stages this run already finished."""
     def task(t):
         return stage_tasks.configured(t, cfg.flow)
 
@@ -136,11 +138,25 @@ def _run_one(stage: str, cfg: PipelineConfig, ws: Workspace, ctx: TrackingContex
     if stage == "finetune":
         model_dir = cfg.finetune.base_model or _need(ws.pretrain / "export", "pretrain")
         return task(stage_tasks.finetune)(ctx, cfg.finetune, model_dir, str(ws.finetune))
+    if stage == "distill":
+        teacher = cfg.distill.teacher or _default_teacher(ws, (done or {}).get("finetune"))
+        return task(stage_tasks.distill)(ctx, cfg.distill, cfg.finetune, teacher, str(ws.distill))
     if stage == "score":
         model = cfg.score.model_uri or _need(ws.finetune / "model", "finetune")
         out = cfg.score.output or default_output(ws.score, cfg.score)  # <workspace>/score/<job>
         return task(stage_tasks.score)(ctx, cfg.score, model, out)  # cfg.score.runner: where files run
     raise AssertionError(stage)
+
+
+def _default_teacher(ws: Workspace, finetuned: StageRun | None) -> str:
+    """The workspace's fine-tuned model: as its registry version (``models:/name/N``) when it was registered,
+    so the student's ``distilled_from`` tag names that version, else its directory."""
+    if finetuned is None:
+        stored = reuse.load_any(str(ws.finetune))
+        finetuned = StageRun.from_json(stored) if stored else None
+    if finetuned is not None and finetuned.registry is not None:
+        return f"models:/{finetuned.registry.name}/{finetuned.registry.version}"
+    return _need(ws.finetune / "model", "finetune")
 
 
 def _need(path: Path, producer: str) -> str:

@@ -2,7 +2,7 @@
 
 Default ``./workspace``; overridden by ``--workspace`` or ``$BERTFLOW_WORKSPACE``.
 Each stage writes the folder named after it (``ingest/``, ``vocab/``, ``mask/``,
-``pretrain/``, ``finetune/``, ``score/``), so a stage finds its inputs without
+``pretrain/``, ``finetune/``, ``distill/``, ``score/``), so a stage finds its inputs without
 being told; sweeps keep their studies under ``sweep/<name>/``. A lock file keeps two
 runs from writing it at once.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from bertflow.bert_core.config import STAGES
+from bertflow.bert_core.config import ALL_STAGES
 from bertflow.bert_core.errors import InputError
 
 ENV_VAR = "BERTFLOW_WORKSPACE"
@@ -42,7 +42,7 @@ class Workspace:
 
     def stage_dir(self, stage: str) -> Path:
         """The folder stage ``stage`` writes (named after the stage)."""
-        if stage not in STAGES:
+        if stage not in ALL_STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         return self.root / stage
 
@@ -65,6 +65,10 @@ class Workspace:
     @property
     def finetune(self) -> Path:
         return self.stage_dir("finetune")
+
+    @property
+    def distill(self) -> Path:
+        return self.stage_dir("distill")
 
     @property
     def score(self) -> Path:

@@ -22,26 +22,61 @@ def register_finetuned(ctx: TrackingContext, cfg: FinetuneConfig, summary: Stage
     gets a snapshot of the pretrained base it was fine-tuned from, so a later run can
     continue pretraining from the champion (``tasks.champion``).
     """
-    details = summary.details
-    metrics = summary.metrics
-    c = tracking.client(ctx.tracking_uri)
     lineage = lineage_tags(cfg, summary, base_model_dir)
+    return _log_register_promote(ctx, cfg.registered_model_name, summary, lineage, base_model_dir)
+
+
+def register_distilled(ctx: TrackingContext, name: str, summary: StageRun, teacher: str) -> Registration:
+    """Log a distilled student, register it as a new version of ``name`` (alias `candidate`, tag
+    ``distilled_from``: the teacher's ``name/N`` or directory) and promote it only if it beats the
+    champion on the same evaluation set, as any candidate."""
+    from bertflow.bert_core.distill.stage import STAGE
+
+    manifest = read_manifest(summary.path, STAGE)
+    inputs = manifest.get("inputs", {})
+    m = summary.metrics
+    tags = {
+        "version": __version__,
+        "task": summary.details.get("task"),
+        "distilled_from": teacher,
+        "teacher_digest": inputs.get("teacher_digest"),
+        "train_data": inputs.get("train_path"),
+        "train_digest": inputs.get("train_digest"),
+        "valid_data": inputs.get("valid_path"),
+        "valid_digest": inputs.get("valid_digest"),
+        "eval_set_digest": summary.details.get("eval_set_digest"),
+        "eval_metric": HEADLINE[str(summary.details.get("task", "sequence"))],
+        "eval_metric_value": m.get("eval_metric"),
+        "teacher_eval_metric_value": m.get("teacher_eval_metric"),
+        "agreement_with_teacher": m.get("agreement_with_teacher"),
+        "student_layers": int(m["student_layers"]) if "student_layers" in m else None,
+        "temperature": manifest.get("config", {}).get("temperature"),
+        "distill_run_id": summary.run_id,
+    }
+    lineage = {LINEAGE_PREFIX + k: str(v) for k, v in tags.items() if v not in (None, "")}
+    lineage["distilled_from"] = teacher  # the plain tag the registry UI and searches show
+    return _log_register_promote(ctx, name, summary, lineage, None)
+
+
+def _log_register_promote(ctx: TrackingContext, name: str, summary: StageRun, lineage: dict[str, str],
+                          base_model_dir: str | None) -> Registration:
+    details = summary.details
+    c = tracking.client(ctx.tracking_uri)
     model_uri = registry.log_model(details["model_dir"], summary.run_id, tracking_uri=ctx.tracking_uri, tags=lineage)
-    version = registry.register(model_uri, cfg.registered_model_name, client=c, tags=lineage)
+    version = registry.register(model_uri, name, client=c, tags=lineage)
     decision = registry.promote(
-        cfg.registered_model_name,
+        name,
         version,
         metric_name="eval_metric",
-        score=float(metrics["eval_metric"]),
+        score=float(summary.metrics["eval_metric"]),
         eval_digest=str(details.get("eval_set_digest", "")),
         client=c,
     )
     base = None
-    if decision["promoted"]:
-        base = champion.snapshot_base(ctx.tracking_uri, cfg.registered_model_name, str(version), base_model_dir,
-                                      ctx.workspace)
+    if decision["promoted"] and base_model_dir is not None:
+        base = champion.snapshot_base(ctx.tracking_uri, name, str(version), base_model_dir, ctx.workspace)
     return Registration(
-        name=cfg.registered_model_name, version=str(version), model_uri=model_uri, promoted=decision["promoted"],
+        name=name, version=str(version), model_uri=model_uri, promoted=decision["promoted"],
         reason=decision["reason"], candidate_score=decision["candidate_score"],
         champion_score=decision["champion_score"], champion_version=decision["champion_version"], pretrain_base=base)
 

@@ -31,7 +31,7 @@ from bertflow.bert_core.storage import is_remote, listing_digest, locate
 SIDECAR = ".bertflow-stage.json"
 # Bump a stage's number in the change that makes it write something else for the same inputs and config
 # (a bug fix in its output, a new column): the next run recomputes that stage and, through its key, the later ones.
-STAGE_VERSIONS = {"ingest": 1, "vocab": 1, "mask": 1, "pretrain": 1, "finetune": 1, "score": 2}
+STAGE_VERSIONS = {"ingest": 1, "vocab": 1, "mask": 1, "pretrain": 1, "finetune": 1, "distill": 1, "score": 2}
 
 
 def code_version(stage: str) -> str:
@@ -90,6 +90,15 @@ def load(out_dir: str | Path, key: str) -> dict[str, Any] | None:
     out = locate(out_dir)
     data = _read_json(out.child(SIDECAR))
     if data is None or data.get("key") != key or not out.child("manifest.json").is_file():
+        return None
+    return data.get("summary")
+
+
+def load_any(out_dir: str | Path) -> dict[str, Any] | None:
+    """The stored summary of the last complete run that wrote ``out_dir``, whatever its key."""
+    out = locate(out_dir)
+    data = _read_json(out.child(SIDECAR))
+    if data is None or not out.child("manifest.json").is_file():
         return None
     return data.get("summary")
 

@@ -15,6 +15,7 @@ import dataclasses
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from bertflow.bert_core.distill.config import DistillConfig
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.flowconfig import FlowConfig
 from bertflow.bert_core.ingest.config import IngestConfig
@@ -159,6 +160,34 @@ def finetune(ctx: TrackingContext, cfg: FinetuneConfig, base_model_dir: str, out
     if summary.reused and summary.registry is not None:
         return summary  # this exact model is already registered
     summary = dataclasses.replace(summary, registry=register_finetuned(ctx, cfg, summary, base_model_dir))
+    reuse.save(out_dir, summary.stage_key, summary.to_json())
+    return summary
+
+
+@task(name="distill", **_TRAIN)
+def distill(ctx: TrackingContext, cfg: DistillConfig, data_cfg: FinetuneConfig, teacher: str, out_dir: str) -> StageRun:
+    """Fine-tuned teacher -> smaller student, registered as a new version of the teacher's model (tag
+    ``distilled_from``) and promoted only by the rule every candidate meets.
+
+    A registry alias is pinned once, so the reuse key, the download and the tag name one version.
+    """
+    from bertflow.bert_core.distill.stage import run
+    from bertflow.tasks.models import pin_model, register_distilled, resolve_model
+
+    ref = pin_model(teacher, ctx.tracking_uri)
+
+    def body(m, p):
+        teacher_dir = resolve_model(ref.pinned, ctx.workspace, ctx.tracking_uri)
+        return run(cfg, data_cfg, teacher_dir, out_dir, teacher_ref=ref.version or ref.uri, on_metrics=m,
+                   on_progress=p)
+
+    summary = run_stage("distill", ctx, {"distill": cfg, "data": data_cfg}, body, out_dir,
+                        inputs={"teacher": ref.pinned, "train": data_cfg.train_path, "valid": data_cfg.valid_path,
+                                **({"unlabeled": list(cfg.unlabeled)} if cfg.unlabeled else {})})
+    if summary.reused and summary.registry is not None:
+        return summary
+    name = cfg.registered_model_name or (ref.version.split("/")[0] if ref.version else data_cfg.registered_model_name)
+    summary = dataclasses.replace(summary, registry=register_distilled(ctx, name, summary, ref.version or ref.uri))
     reuse.save(out_dir, summary.stage_key, summary.to_json())
     return summary
 

@@ -20,6 +20,9 @@ from bertflow.bert_core.optim import Schedule, build_optimizer, set_lr
 from bertflow.bert_core.stageio import EpochFn, MetricsFn, ProgressFn, report
 
 
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
 @dataclass
 class TrainOutcome:
     best_epoch: int
@@ -42,9 +45,13 @@ def train(
     on_metrics: MetricsFn | None = None,
     on_progress: ProgressFn | None = None,
     on_epoch: EpochFn | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainOutcome:
     """Train for ``cfg.epochs`` (or until early stopping, ``max_steps``, the time budget or ``on_epoch``
-    says stop), evaluating after every epoch; the model ends holding the best epoch's weights."""
+    says stop), evaluating after every epoch; the model ends holding the best epoch's weights.
+
+    ``loss_fn(model, batch)`` replaces the supervised loss (distillation: the teacher's soft labels);
+    it runs under the same autocast."""
     start_time = time.monotonic()
     budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes else math.inf
     token_task = train_enc.word_starts is not None
@@ -78,7 +85,11 @@ def train(
         for batch_idx in bucketed_batches(lengths, cfg.batch_size, rng, cfg.bucket_batches):
             batch = collate(train_enc, usable[batch_idx], pad_id, pad_multiple)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = batch_loss(model, batch, num_labels, device, amp_dtype)
+            if loss_fn is None:
+                loss = batch_loss(model, batch, num_labels, device, amp_dtype)
+            else:
+                with autocast(device, amp_dtype):
+                    loss = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm > 0:
