@@ -167,7 +167,7 @@ def test_schema_describes_every_key_with_its_default():
     schema = PipelineConfig.model_json_schema()
     sections = {name: schema["$defs"][prop["$ref"].split("/")[-1]]
                 for name, prop in schema["properties"].items() if "$ref" in prop}
-    assert set(sections) == {"ingest", "vocab", "mask", "pretrain", "finetune", "score", "flow"}
+    assert set(sections) == {"ingest", "vocab", "mask", "pretrain", "finetune", "distill", "score", "flow"}
     for where, model in [("", schema), *sections.items()]:
         for key, prop in model["properties"].items():
             assert prop.get("description"), f"{where}.{key} has no description"

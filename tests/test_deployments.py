@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bertflow.bert_core.config import STAGES, PipelineConfig, load_config
+from bertflow.bert_core.config import ALL_STAGES, PipelineConfig, load_config
 from bertflow.bert_core.configtools import resolve_paths
 from bertflow.bert_core.sweep.space import SweepSpace, load_space
 from bertflow.deployments.serve import NIGHTLY_OVERRIDES
@@ -141,19 +141,19 @@ def check_run_form(schema: dict) -> None:
     props, defs = schema["properties"], schema["definitions"]
     assert props["config"]["$ref"] == "#/definitions/PipelineConfig"
     assert "every stage's settings" in props["config"]["description"]
-    assert set(defs["PipelineConfig"]["properties"]) == {"name", *STAGES, "flow"}
+    assert set(defs["PipelineConfig"]["properties"]) == {"name", *ALL_STAGES, "flow"}
     mlm = defs["MaskConfig"]["properties"]["masked_lm_prob"]
     assert mlm["default"] == 0.15 and mlm["exclusiveMinimum"] == 0 and mlm["exclusiveMaximum"] == 1
     assert mlm["description"]
     recipe = defs["MaskConfig"]["properties"]["recipe"]
     assert recipe["enum"] == ["full", "nsp"] and recipe["default"] == "full"
-    for section in ("IngestConfig", "VocabConfig", "MaskConfig", "PretrainConfig", "FinetuneConfig", "ScoreConfig",
-                    "FlowConfig"):
+    for section in ("IngestConfig", "VocabConfig", "MaskConfig", "PretrainConfig", "FinetuneConfig", "DistillConfig",
+                    "ScoreConfig", "FlowConfig"):
         undocumented = [k for k, v in defs[section]["properties"].items() if not v.get("description")]
         assert undocumented == [], (section, undocumented)
         assert defs[section].get("additionalProperties") is False  # unknown keys are refused, as in YAML
     stages = props["stages"]["anyOf"][0]["items"]
-    assert stages["enum"] == list(STAGES)
+    assert stages["enum"] == list(ALL_STAGES)
 
 
 def test_serve_py_matches_prefect_yaml():
