@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bertflow.bert_core.distill.config import DistillConfig
+from bertflow.bert_core.distill.config import DistillConfig, StudentShape
 from bertflow.bert_core.distill.data import read_unlabeled
 from bertflow.bert_core.distill.loss import NO_GOLD, DistillLoss, soft_label_kl
-from bertflow.bert_core.distill.student import every_kth_layer, slice_teacher
+from bertflow.bert_core.distill.student import every_kth_layer, from_config, slice_teacher
 from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.encode import IGNORE
@@ -60,6 +60,15 @@ def test_sliced_student_copies_the_chosen_layers():
         slice_teacher(teacher, [3, 1])
 
 
+def test_student_from_a_config_has_the_asked_shape():
+    teacher = _bert(2)
+    student = from_config(teacher, StudentShape(hidden_size=8, intermediate_size=16).overrides())
+    assert (student.config.hidden_size, student.config.intermediate_size) == (8, 16)
+    assert student.config.num_hidden_layers == 2 and student.config.num_labels == 3  # the rest: the teacher's
+    with pytest.raises(ConfigError, match="hidden_size 10 is not a multiple of num_attention_heads 4"):
+        from_config(teacher, StudentShape(hidden_size=10, num_attention_heads=4).overrides())
+
+
 def test_soft_label_kl_is_zero_only_when_the_student_matches():
     t = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
     assert float(soft_label_kl(t.clone(), t, 2.0)) == pytest.approx(0.0, abs=1e-6)
@@ -84,7 +93,7 @@ def test_loss_uses_gold_labels_only_where_there_are_some():
     labels = torch.full((4, 8), IGNORE)
     labels[:, 1:4] = NO_GOLD
     loss = DistillLoss(t_tok, alpha=0.5, hidden_weight=1.0, layer_map=[1])(s_tok, {**batch, "labels": labels})
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and loss.item() > 0
 
 
 def test_unlabeled_text_from_parquet_and_text_files(tmp_path):

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from bertflow.bert_core.configtools import Config, Paths, PathStr
+
+
+class StudentShape(Config):
+    """A student's shape for ``student_init: config``; every unset key keeps the teacher's value."""
+
+    section = "distill.student_config"
+
+    num_hidden_layers: int | None = Field(None, ge=1, description="Transformer layers")
+    hidden_size: int | None = Field(None, ge=8, description="Width of the hidden states")
+    num_attention_heads: int | None = Field(None, ge=1, description="Attention heads (must divide hidden_size)")
+    intermediate_size: int | None = Field(None, ge=8, description="Width of the feed-forward layers")
+
+    def overrides(self) -> dict[str, int]:
+        return {k: v for k, v in dict(self).items() if v is not None}
 
 
 class DistillConfig(Config):
@@ -26,10 +40,8 @@ class DistillConfig(Config):
         None, description="student_init teacher: the teacher layers to keep, 0-based (overrides the every-k-th rule)")
     student_model: PathStr | None = Field(
         None, description="student_init checkpoint: a local HF BERT directory with the teacher's vocabulary")
-    student_config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="student_init config: BertConfig keys over the teacher's (num_hidden_layers, hidden_size, "
-                    "num_attention_heads, intermediate_size)")
+    student_config: StudentShape = Field(
+        StudentShape(), description="student_init config: the student's shape (unset keys: the teacher's)")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft labels (Hinton et al.)")
     alpha: float = Field(
         0.5, ge=0, le=1,

@@ -217,7 +217,7 @@ def _build_student(cfg: DistillConfig, teacher: torch.nn.Module, task: str) -> t
                                                                                                 cfg.student_layers)
         return slice_teacher(teacher, keep), keep
     student = from_checkpoint(cfg.student_model, teacher, task) if cfg.student_init == "checkpoint" \
-        else from_config(teacher, cfg.student_config)
+        else from_config(teacher, cfg.student_config.overrides())
     if cfg.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
         raise ConfigError(f"distill.hidden_weight needs equal hidden sizes (student {student.config.hidden_size}, "
                           f"teacher {teacher.config.hidden_size}); set it to 0")
