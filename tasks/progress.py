@@ -30,7 +30,7 @@ from bertflow.tasks import console
 
 _ONE_LIVE_DISPLAY = threading.Lock()  # rich draws one live display per process
 UNITS = {"ingest": "files", "vocab": "docs", "mask": "work units", "pretrain": "steps", "finetune": "steps",
-         "score": "rows"}  # for stages that report bare (done, total) counts
+         "distill": "steps", "score": "rows"}  # for stages that report bare (done, total) counts
 
 
 class ProgressOptions(BaseModel):
