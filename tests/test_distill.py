@@ -185,3 +185,18 @@ def test_rerun_reuses_the_student(distilled):
     result, overrides = distilled
     again = run_pipeline("tiny", stages=["distill"], workspace=result.workspace, overrides=overrides)
     assert again.stages["distill"].reused and again.stages["distill"].registry.version == "2"
+
+
+def test_cli_distill_without_a_teacher_names_the_missing_stage(prefect_harness, tmp_path, monkeypatch, capsys):
+    """``bertflow distill`` on a workspace with no fine-tuned model: one error line, exit status 2."""
+    import sys
+
+    from bertflow.flows.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["bertflow", "distill", "-c", "tiny", "-w", str(tmp_path / "ws"), "--layers", "1",
+                                      "--quiet"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "run the 'finetune' stage first" in err and "Traceback" not in err
