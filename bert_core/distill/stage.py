@@ -37,7 +37,7 @@ from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.finetune.check_export import compare_with_export
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.data import LabelledData, load_data
-from bertflow.bert_core.finetune.encode import Encoded, encode_texts, encode_words, require_fast
+from bertflow.bert_core.finetune.encode import Encoded
 from bertflow.bert_core.finetune.evaluate import HEADLINE, PREDICTIONS, Evaluation, evaluate, predictions_table
 from bertflow.bert_core.finetune.export import export_model, read_meta
 from bertflow.bert_core.finetune.infer import SequenceOutputs, infer
@@ -51,6 +51,7 @@ from bertflow.bert_core.finetune.model import (
     resolve_device,
 )
 from bertflow.bert_core.finetune.report import write_parquet
+from bertflow.bert_core.finetune.stage import encode_data
 from bertflow.bert_core.finetune.train import train
 from bertflow.bert_core.stageio import (
     MetricsFn,
@@ -106,7 +107,7 @@ def run(
         train_ids, valid_ids = _teacher_label_ids(data, names, teacher_dir)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         missing_id = names.index("O") if "O" in names else 0
-        train_enc, valid_enc = _encode(task, tokenizer, data, train_ids, valid_ids, max_length, str(teacher_dir))
+        train_enc, valid_enc = encode_data(task, tokenizer, data, max_length, str(teacher_dir), train_ids, valid_ids)
         unlabeled = 0
         if cfg.unlabeled:
             texts = read_unlabeled(cfg.unlabeled, cfg.unlabeled_column, cfg.unlabeled_limit, cfg.seed)
@@ -197,16 +198,6 @@ def _teacher_label_ids(data: LabelledData, names: list[str], teacher_dir: Path):
         return [remap[np.asarray(a, dtype=np.int64)] for a in data.train_ids], \
             [remap[np.asarray(a, dtype=np.int64)] for a in data.valid_ids]
     return remap[np.asarray(data.train_ids)], remap[np.asarray(data.valid_ids)]
-
-
-def _encode(task: str, tokenizer, data: LabelledData, train_ids, valid_ids, max_length: int,
-            where: str) -> tuple[Encoded, Encoded]:
-    if task == "token":
-        require_fast(tokenizer, f"tokenizer of {where}")
-        return (encode_words(tokenizer, data.train.words, train_ids, max_length),
-                encode_words(tokenizer, data.valid.words, valid_ids, max_length))
-    return (encode_texts(tokenizer, data.train.texts, data.train.pairs, train_ids, max_length),
-            encode_texts(tokenizer, data.valid.texts, data.valid.pairs, valid_ids, max_length))
 
 
 def _build_student(cfg: DistillConfig, teacher: torch.nn.Module, task: str) -> tuple[torch.nn.Module, list[int]]:

@@ -77,7 +77,7 @@ def run(
         tokenizer = load_tokenizer(base)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         missing_id = names.index("O") if "O" in names else 0
-        train_enc, valid_enc = _encode(cfg, tokenizer, data, max_length, str(base))
+        train_enc, valid_enc = encode_data(cfg.task, tokenizer, data, max_length, str(base))
         model = build_model(base, cfg.task, names, cfg.allow_pickle_weights).to(device)
 
         def evaluate_with(m, dtype) -> Evaluation:
@@ -152,10 +152,15 @@ def run(
     return StageResult(stage=STAGE, path=str(out_dir), metrics=metrics, details=details)
 
 
-def _encode(cfg: FinetuneConfig, tokenizer, data: LabelledData, max_length: int, where: str) -> tuple[Encoded, Encoded]:
-    if cfg.task == "token":
+def encode_data(task: str, tokenizer, data: LabelledData, max_length: int, where: str, train_ids=None,
+                valid_ids=None) -> tuple[Encoded, Encoded]:
+    """Model inputs of the training and validation examples; label ids default to the data's own
+    (distillation passes them renumbered as its teacher numbers its labels)."""
+    train_ids = data.train_ids if train_ids is None else train_ids
+    valid_ids = data.valid_ids if valid_ids is None else valid_ids
+    if task == "token":
         require_fast(tokenizer, f"tokenizer of {where}")
-        return (encode_words(tokenizer, data.train.words, data.train_ids, max_length),
-                encode_words(tokenizer, data.valid.words, data.valid_ids, max_length))
-    return (encode_texts(tokenizer, data.train.texts, data.train.pairs, data.train_ids, max_length),
-            encode_texts(tokenizer, data.valid.texts, data.valid.pairs, data.valid_ids, max_length))
+        return (encode_words(tokenizer, data.train.words, train_ids, max_length),
+                encode_words(tokenizer, data.valid.words, valid_ids, max_length))
+    return (encode_texts(tokenizer, data.train.texts, data.train.pairs, train_ids, max_length),
+            encode_texts(tokenizer, data.valid.texts, data.valid.pairs, valid_ids, max_length))
