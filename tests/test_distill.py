@@ -18,7 +18,7 @@ from bertflow.bert_core.distill.student import every_kth_layer, from_config, sli
 from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.encode import IGNORE
-from tests.helpers import build_tiny_bert, build_tiny_head, sentiment_rows, write_csv
+from tests.helpers import build_tiny_bert, build_tiny_head, ner_rows, sentiment_rows, write_conll, write_csv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -130,6 +130,24 @@ def test_stage_refuses_a_qa_teacher_and_labels_it_does_not_know(tmp_path):
     with pytest.raises(InputError, match="label 'B-MISC' of the training data is not one the teacher"):
         run(DistillConfig(), FinetuneConfig(task="token", train_path=str(tagged), device="cpu"), ner, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_token_teacher_distills_into_a_token_student(tmp_path):
+    """A token classifier distils too: the KL runs over each word's first piece, unlabeled text included."""
+    from bertflow.bert_core.distill.stage import run
+
+    teacher = build_tiny_head(tmp_path / "teacher", "token", layers=2)
+    train = write_conll(tmp_path / "train.conll", ner_rows(60, seed=1))
+    (tmp_path / "extra.txt").write_text("\n".join(" ".join(w) for w, _ in ner_rows(20, seed=2)), encoding="utf-8")
+    data = FinetuneConfig(task="token", train_path=str(train), device="cpu", max_length=32, valid_fraction=0.25)
+    cfg = DistillConfig(student_layers=1, epochs=1, unlabeled=[str(tmp_path / "extra.txt")], speed_rows=0,
+                        hidden_weight=0.5)
+    result = run(cfg, data, teacher, tmp_path / "out", teacher_ref="tiny-ner/4")
+    m = result.metrics
+    assert m["student_layers"] == 1 and m["unlabeled_examples"] == 20 and result.details["layer_map"] == [1]
+    assert 0.0 <= m["agreement_with_teacher"] <= 1.0 and "entity_f1" in m and "teacher_eval_metric" in m
+    meta = json.loads((tmp_path / "out" / "model" / "bertflow_finetune.json").read_text(encoding="utf-8"))
+    assert meta["task"] == "token" and meta["distilled_from"] == "tiny-ner/4"
 
 
 @pytest.fixture(scope="module")
