@@ -113,6 +113,10 @@ def test_config_guards():
         DistillConfig(student_init="checkpoint")
     with pytest.raises(ConfigError, match="distill.temperature"):
         DistillConfig(temperature=0)
+    with pytest.raises(ConfigError, match="distill.teacher_layers is set but distill.student_init is 'config'"):
+        DistillConfig(student_init="config", teacher_layers=[0, 2])
+    with pytest.raises(ConfigError, match="distill.student_config is set but distill.student_init is 'teacher'"):
+        DistillConfig(student_config={"hidden_size": 32})
 
 
 def test_stage_refuses_a_qa_teacher_and_labels_it_does_not_know(tmp_path):

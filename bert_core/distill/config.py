@@ -77,4 +77,11 @@ class DistillConfig(Config):
             raise ValueError("distill.student_init is checkpoint but distill.student_model is not set")
         if self.teacher_layers is not None and (not self.teacher_layers or min(self.teacher_layers) < 0):
             raise ValueError("distill.teacher_layers must list layer numbers from 0")
+        unused = [key for key, used_by, is_set in (
+            ("teacher_layers", "teacher", self.teacher_layers is not None),
+            ("student_model", "checkpoint", bool(self.student_model)),
+            ("student_config", "config", bool(self.student_config.overrides()))) if is_set and used_by != self.student_init]
+        if unused:
+            raise ValueError(f"distill.{unused[0]} is set but distill.student_init is {self.student_init!r}, which "
+                             "does not use it")
         return self
