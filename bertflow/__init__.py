@@ -12,6 +12,7 @@ The Python API, for notebooks and other orchestrators::
 
     run = bertflow.run_pipeline("tiny", workspace="ws")           # all six stages
     scored = bertflow.score("lake/", "models:/bertflow-tiny-books@champion", output="scored/", batch_size=128)
+    student = bertflow.distill(None, "tiny", workspace="ws", student_layers=1)  # of the fine-tuned model
     found = bertflow.sweep("tiny", "tiny", workspace="ws", trials=8, parallel=2)  # search space, preset
 
 Importing ``bertflow`` is cheap: the API (and with it Prefect and MLflow) loads on
@@ -24,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "run_pipeline", "score", "sweep", "load_config", "PipelineConfig", "PipelineResult",
+__all__ = ["__version__", "run_pipeline", "score", "distill", "sweep", "load_config", "PipelineConfig", "PipelineResult",
            "StageRun", "ProgressOptions"]
 
 _LAZY = {
     "run_pipeline": "bertflow.api",
     "score": "bertflow.api",
+    "distill": "bertflow.api",
     "sweep": "bertflow.api",
     "PipelineResult": "bertflow.api",
     "StageRun": "bertflow.api",
@@ -39,7 +41,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from bertflow.api import PipelineResult, ProgressOptions, StageRun, run_pipeline, score, sweep
+    from bertflow.api import PipelineResult, ProgressOptions, StageRun, distill, run_pipeline, score, sweep
     from bertflow.bert_core.config import PipelineConfig, load_config
 
 

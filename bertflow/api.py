@@ -10,6 +10,7 @@ unless ``PREFECT_API_URL`` is set; MLflow on ``<workspace>/mlflow.db`` unless
     run.stages["finetune"].registry.version          # the registered model version
     scored = bertflow.score("lake/", "models:/bertflow-tiny-books@champion", output="scored/", batch_size=128)
     scored.metrics["rows_scored"]
+    student = bertflow.distill("models:/bertflow-tiny-books@champion", "tiny", workspace="ws", student_layers=1)
     found = bertflow.sweep("tiny", "tiny", workspace="ws", trials=8, parallel=2)  # search space, preset
     found.best.params, found.registration.version      # the best trial's values, its registered model
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # the sweep flow imports Optuna: loaded when a sweep runs
     from bertflow.bert_core.sweep.space import SweepSpace
     from bertflow.flows.sweep import SweepResult
 
-__all__ = ["run_pipeline", "score", "sweep", "resolve_config", "PipelineResult", "StageRun", "ProgressOptions"]
+__all__ = ["run_pipeline", "score", "distill", "sweep", "resolve_config", "PipelineResult", "StageRun", "ProgressOptions"]
 
 ConfigLike = str | os.PathLike | PipelineConfig | Mapping[str, Any] | None
 """A preset name (``"tiny"``), a YAML file, a :class:`PipelineConfig`, a plain mapping, or None (the defaults)."""
@@ -86,6 +87,23 @@ def score(input: str | os.PathLike, model: str | os.PathLike, output: str | os.P
     cfg = evolve(cfg, score=evolve(cfg.score, **chosen))
     return run_pipeline(cfg, stages=["score"], workspace=workspace, run_name=run_name,
                         progress=progress).stages["score"]
+
+
+def distill(teacher: str | os.PathLike | None = None, config: ConfigLike = None, *,
+            workspace: str | os.PathLike | None = None, overrides: Sequence[str] = (), run_name: str | None = None,
+            progress: ProgressOptions | None = None, **settings: Any) -> StageRun:
+    """Distill ``teacher`` (a ``models:/`` or ``runs:/`` URI or a local directory; None: the workspace's
+    fine-tuned model) into a smaller student trained on the config's fine-tune data; returns the distill
+    stage's run (``.registry``: the student's registered version, tag ``distilled_from``).
+
+    ``settings`` are keys of the ``distill`` section (``student_layers=3``, ``temperature=2.0``, ...).
+    """
+    cfg = resolve_config(config, overrides)
+    chosen = {**settings, **({"teacher": os.fspath(teacher)} if teacher is not None else {})}
+    if chosen:
+        cfg = evolve(cfg, distill=evolve(cfg.distill, **chosen))
+    return run_pipeline(cfg, stages=["distill"], workspace=workspace, run_name=run_name,
+                        progress=progress).stages["distill"]
 
 
 def sweep(space: "str | os.PathLike | SweepSpace | Mapping[str, Any]", config: ConfigLike = None, *, trials: int = 20,

@@ -202,11 +202,11 @@ def test_distilled_student_is_registered_with_its_teacher(distilled):
 
 def test_rerun_reuses_the_student(distilled):
     """Same teacher version, data and settings: the student is not trained (nor registered) again."""
-    from bertflow.api import run_pipeline
+    import bertflow
 
     result, overrides = distilled
-    again = run_pipeline("tiny", stages=["distill"], workspace=result.workspace, overrides=overrides)
-    assert again.stages["distill"].reused and again.stages["distill"].registry.version == "2"
+    again = bertflow.distill(None, "tiny", workspace=result.workspace, overrides=overrides)  # the API's entry
+    assert again.reused and again.registry.version == "2" and again.run_id != result.stages["distill"].run_id
 
 
 def test_cli_distill_without_a_teacher_names_the_missing_stage(prefect_harness, tmp_path, monkeypatch, capsys):
