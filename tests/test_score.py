@@ -399,3 +399,21 @@ def test_an_output_holding_another_inputs_results_is_refused_unless_overwrite(ti
     assert sorted(p.name for p in out.glob("*.parquet")) == ["part-000.parquet"]
     assert read_scored(out)["id"].to_pylist() == list(range(6)) and (out / "notes.txt").read_text() == "not ours"
     assert read_manifest(out, "score")["input"] == str(b.resolve())
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_batches_cut_by_rows_and_padded_tokens(sort):
+    from bertflow.bert_core.score.encode import cut_batches
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(3, 120, size=200)
+    order = np.argsort(-lengths, kind="stable") if sort else np.arange(200)
+    assert [len(b) for b in cut_batches(lengths, order, 64)] == [64, 64, 64, 8]  # no cap: rows only
+    batches = cut_batches(lengths, order, 16, max_tokens=600, pad_multiple=8)
+    assert np.array_equal(np.concatenate(batches), order)  # every row once, in order
+    for b in batches:
+        width = -(-int(lengths[b].max()) // 8) * 8
+        assert len(b) <= 16 and (len(b) * width <= 600 or len(b) == 1)
+    assert len(batches) > len(cut_batches(lengths, order, 16))  # the cap cut some batches short
+    lone = cut_batches(np.array([700, 5, 5]), np.arange(3), 16, max_tokens=600)
+    assert [list(b) for b in lone] == [[0], [1, 2]]  # longer than the cap: a batch of its own

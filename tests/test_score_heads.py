@@ -202,6 +202,23 @@ def test_qa_no_answer_threshold_from_the_model_or_the_config(qa_model, tmp_path)
     assert all(r["answer"] for r in read_scored(tmp_path / "v1").to_pylist())
 
 
+
+def test_qa_batches_capped_in_tokens_pad_less_and_answer_the_same(qa_model, tmp_path):
+    questions, contexts = qa_rows(30, seed=6)
+    write_parquet(tmp_path / "in.parquet", {"id": list(range(30)), "question": questions, "context": contexts})
+    runs = {}
+    for cap in (0, 96):  # 96 tokens: two windows of 48 (or three shorter ones) per forward pass
+        result = run(score_cfg(tmp_path / "in.parquet", max_length=48, stride=8, batch_size=64, max_batch_tokens=cap),
+                     qa_model, tmp_path / f"out-{cap}")
+        manifest = json.loads((tmp_path / f"out-{cap}" / "manifest.json").read_text())
+        runs[cap] = (read_scored(tmp_path / f"out-{cap}").sort_by("id").to_pylist(), manifest["padding_efficiency"])
+        assert result.metrics["rows_scored"] == 30
+    (plain, plain_eff), (capped, capped_eff) = runs[0], runs[96]
+    assert [(r["answer_start"], r["answer_end"]) for r in capped] == [(r["answer_start"], r["answer_end"])
+                                                                      for r in plain]
+    assert np.allclose([r["score"] for r in capped], [r["score"] for r in plain], atol=1e-5)
+    assert capped_eff > plain_eff  # fewer pad tokens behind each batch's longest window
+
 # ------------------------------------------------------------------------------------------------ heads and errors
 def test_head_is_detected_and_wrong_settings_are_clear_errors(token_model, qa_model, tiny_model, tmp_path):
     write_parquet(tmp_path / "qa.parquet", {"question": ["who?"], "context": ["alice lived in paris."],

@@ -42,6 +42,10 @@ class ScoreConfig(Config):
     allow_pickle_weights: bool = Field(
         False, description="Also load a pickle checkpoint (pytorch_model.bin); only for files you trust")
     batch_size: int = Field(64, ge=1, description="Rows per model forward pass")
+    max_batch_tokens: int | None = Field(
+        None, ge=0, description="Padded tokens (rows x longest row) per forward pass at most, so batches of long "
+                                "texts hold fewer rows and less padding; null: 8192 on CPUs (a smaller batch costs "
+                                "them nothing), no cap on GPUs (they want wide batches); 0: no cap")
     max_length: int = Field(
         128, ge=8, description="Tokens per model window; sequence head: longer texts are truncated; token and qa "
                                "heads: longer texts are scored in overlapping windows")
@@ -174,3 +178,13 @@ class ScoreConfig(Config):
             raise ValueError(f"{backend} runs on the CPU (ONNX Runtime's CPU provider), but score.device is "
                              f"{device!r}: set score.device to cpu or auto, or score.backend to torch")
         return backend
+
+
+CPU_BATCH_TOKENS = 8192
+
+
+def batch_token_cap(cfg: ScoreConfig, device_type: str) -> int:
+    """``score.max_batch_tokens`` resolved for a device (0: no cap)."""
+    if cfg.max_batch_tokens is not None:
+        return cfg.max_batch_tokens
+    return CPU_BATCH_TOKENS if device_type == "cpu" else 0

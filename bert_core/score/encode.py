@@ -130,7 +130,7 @@ def merge_errors(first: Texts, second: Texts | None) -> list[str | None]:
 
 
 def encode_window(texts: Texts, pairs: Texts | None, tokenizer, batch_size: int, pad_id: int,
-                  pad_multiple: int, use_types: bool, sort: bool, pin: bool) -> EncodedWindow:
+                  pad_multiple: int, use_types: bool, sort: bool, pin: bool, max_tokens: int = 0) -> EncodedWindow:
     """Tokenize a window's valid rows in one parallel call, sort by length, pad per batch."""
     n = len(texts.values)
     errors = merge_errors(texts, pairs)
@@ -148,24 +148,24 @@ def encode_window(texts: Texts, pairs: Texts | None, tokenizer, batch_size: int,
     for i in rows[cut | overflow]:
         errors[i] = FLAG_TRUNCATED
     types = [e.type_ids for e in encodings] if (use_types and pairs is not None) else None
-    batches, tokens, padded = pad_batches(ids, types, rows, batch_size, pad_id, pad_multiple, use_types, sort, pin)
+    batches, tokens, padded = pad_batches(ids, types, rows, batch_size, pad_id, pad_multiple, use_types, sort, pin,
+                                          max_tokens)
     return EncodedWindow(n, errors, valid, batches, tokens, padded)
 
 
 def pad_batches(ids: list[list[int]], types: list[list[int]] | None, index: np.ndarray, batch_size: int,
-                pad_id: int, pad_multiple: int, use_types: bool, sort: bool, pin: bool) -> tuple[list[Batch], int, int]:
+                pad_id: int, pad_multiple: int, use_types: bool, sort: bool, pin: bool,
+                max_tokens: int = 0) -> tuple[list[Batch], int, int]:
     """Sequences -> padded batches (sorted by length when ``sort``); ``index[i]`` is sequence i's ``Batch.rows`` entry.
 
-    Returns the batches, the real token count and the padded token count.
+    ``max_tokens`` (0: none) caps a batch's padded size, rows x width, so long sequences come in
+    fewer rows. Returns the batches, the real token count and the padded token count.
     """
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(ids))  # longest first: OOM shows early
     batches, padded = [], 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = int(lengths[idx].max())
-        if pad_multiple > 1:
-            width = -(-width // pad_multiple) * pad_multiple
+    for idx in cut_batches(lengths, order, batch_size, max_tokens, pad_multiple):
+        width = _round_up(int(lengths[idx].max()), pad_multiple)
         # Scatter the batch's ids through a boolean mask in one step (row-major order = row by row).
         real = np.arange(width) < lengths[idx][:, None]
         total = int(lengths[idx].sum())
@@ -180,6 +180,29 @@ def pad_batches(ids: list[list[int]], types: list[list[int]] | None, index: np.n
                              _tensor(type_ids, pin) if type_ids is not None else None,
                              padded=bool(total < input_ids.size)))
     return batches, int(lengths.sum()), padded
+
+
+def cut_batches(lengths: np.ndarray, order: np.ndarray, batch_size: int, max_tokens: int = 0,
+                pad_multiple: int = 1) -> list[np.ndarray]:
+    """Cut ``order`` into consecutive batches of at most ``batch_size`` rows and (when ``max_tokens``)
+    at most ``max_tokens`` padded tokens; a sequence longer than the cap gets a batch of its own."""
+    if not max_tokens:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out, start, width = [], 0, 0
+    for pos, j in enumerate(order):
+        wider = max(width, _round_up(int(lengths[j]), pad_multiple))
+        rows = pos - start
+        if rows and (rows == batch_size or (rows + 1) * wider > max_tokens):
+            out.append(order[start:pos])
+            start, wider = pos, _round_up(int(lengths[j]), pad_multiple)
+        width = wider
+    if start < len(order):
+        out.append(order[start:])
+    return out
+
+
+def _round_up(width: int, multiple: int) -> int:
+    return -(-width // multiple) * multiple if multiple > 1 else width
 
 
 def _tensor(array: np.ndarray, pin: bool) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.heads.qa import QaWindowing, QaWindows, choose_answers
+from bertflow.bert_core.score.config import batch_token_cap
 from bertflow.bert_core.score.encode import FLAG_TRUNCATED, EncodedWindow, extract_texts, merge_errors, pad_batches
 from bertflow.bert_core.score.heads import Head
 
@@ -80,7 +81,7 @@ class QaHead(Head):
         types = windows.type_ids if clf.uses_token_types else None
         batches, tokens, padded = pad_batches(windows.input_ids, types, np.arange(len(windows)), cfg.batch_size,
                                               clf.pad_id, clf.pad_multiple, clf.uses_token_types,
-                                              cfg.sort_window > 1, pin)
+                                              cfg.sort_window > 1, pin, batch_token_cap(cfg, clf.device.type))
         return EncodedWindow(n, errors, valid, batches, tokens, padded, QaBatch(rows, ctx, windows))
 
     def outputs(self, out: Any, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:

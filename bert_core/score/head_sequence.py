@@ -14,6 +14,7 @@ import pyarrow as pa
 import torch
 
 from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.score.config import batch_token_cap
 from bertflow.bert_core.score.encode import ERR_EMPTY_PAIR, ERR_NULL_PAIR, EncodedWindow, encode_window, extract_texts
 from bertflow.bert_core.score.heads import Head
 
@@ -42,7 +43,8 @@ class SequenceHead(Head):
             pairs = extract_texts(batch.column(inputs[1]), clf.max_chars, cfg.non_string_text,
                                   null_code=ERR_NULL_PAIR, empty_code=ERR_EMPTY_PAIR)
         return encode_window(texts, pairs, clf.tokenizer, cfg.batch_size, clf.pad_id, clf.pad_multiple,
-                             clf.uses_token_types, sort=cfg.sort_window > 1, pin=pin)
+                             clf.uses_token_types, sort=cfg.sort_window > 1, pin=pin,
+                             max_tokens=batch_token_cap(cfg, clf.device.type))
 
     def needs_hidden_states(self) -> bool:
         return self.cfg.embeddings != "none"

@@ -19,6 +19,7 @@ import torch
 
 from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.heads.entities import TagSet, aggregate, merge_windows, subword_flags
+from bertflow.bert_core.score.config import batch_token_cap
 from bertflow.bert_core.score.encode import FLAG_TRUNCATED, EncodedWindow, extract_texts, pad_batches
 from bertflow.bert_core.score.heads import Head
 
@@ -93,7 +94,8 @@ class TokenHead(Head):
             encodings.append(windows)
             ids.extend(w.ids for w in windows)
         batches, tokens, padded = pad_batches(ids, None, np.arange(len(ids)), cfg.batch_size, clf.pad_id,
-                                              clf.pad_multiple, clf.uses_token_types, cfg.sort_window > 1, pin)
+                                              clf.pad_multiple, clf.uses_token_types, cfg.sort_window > 1, pin,
+                                              batch_token_cap(cfg, clf.device.type))
         return EncodedWindow(n, errors, valid, batches, tokens, padded, TokenWindows(rows, values, encodings, first))
 
     def outputs(self, out: Any, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
