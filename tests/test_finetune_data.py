@@ -16,7 +16,7 @@ from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.conll import parse_conll
 from bertflow.bert_core.finetune.data import load_data
 from bertflow.bert_core.finetune.encode import IGNORE, encode_texts, encode_words
-from bertflow.bert_core.finetune.labels import infer_label_names
+from bertflow.bert_core.finetune.labels import continuation_ids, infer_label_names
 from bertflow.bert_core.finetune.readers import read_examples
 from bertflow.bert_core.finetune.split import split_indices
 from tests.helpers import SHARED_DATA, build_tiny_bert, requires_shared_data, write_conll, write_csv
@@ -222,6 +222,26 @@ def test_ner_labels_only_the_first_piece_of_each_word(tiny_tokenizer):
     for w, p in enumerate(starts):
         assert not pieces[p].startswith("##")
         assert "".join(x.removeprefix("##") for x in pieces[p : (starts[w + 1] if w + 1 < 4 else -1)]) == words[0][w]
+
+
+def test_ner_all_pieces_labelled_b_continues_as_i(tiny_tokenizer):
+    names = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
+    cont = continuation_ids(names, "all")
+    assert cont == [2, 3, 2, 3, 4] and continuation_ids(names, "first") is None
+    words = [["zanderbrook", "sat", "in", "quixotlan"]]
+    tags = np.array([1, 4, 4, 0])  # B-PER O O B-LOC
+    enc = encode_words(tiny_tokenizer, words, [tags], 64, cont)
+    labels, starts = enc.labels[0], enc.word_starts[0]
+    assert [labels[p] for p in starts] == list(tags)  # first pieces as before
+    assert labels[0] == IGNORE and labels[-1] == IGNORE  # [CLS], [SEP]
+    bounds = list(starts) + [len(labels) - 1]
+    for w in range(4):
+        rest = labels[bounds[w] + 1: bounds[w + 1]]
+        assert rest == [cont[tags[w]]] * len(rest)  # later pieces: B-PER -> I-PER, O -> O, B-LOC -> I-LOC
+    assert len(labels[bounds[0] + 1: bounds[1]]) >= 2  # zanderbrook really is several pieces
+    assert continuation_ids(["B-MISC", "O"], "all") == [-100, 1]  # no I-MISC to continue with: unlabelled
+    with pytest.raises(InputError, match="E-PER.*label_pieces: first"):
+        continuation_ids(["B-PER", "E-PER", "I-PER", "O", "S-PER"], "all")
 
 
 def test_ner_truncated_words_are_marked_missing(tiny_tokenizer):

@@ -59,11 +59,12 @@ def _read_one(path: Path, column: str) -> list[str]:
     return [t for t in dataset.to_table(columns=[column]).column(column).to_pylist() if isinstance(t, str)]
 
 
-def encode_unlabeled(tokenizer, texts: Sequence[str], task: str, max_length: int) -> Encoded:
+def encode_unlabeled(tokenizer, texts: Sequence[str], task: str, max_length: int,
+                     continuation: Sequence[int] | None = None) -> Encoded:
     """Model inputs for text with no gold label: every label slot is ``NO_GOLD`` (the teacher's soft label only)."""
     if task == "token":
         words = [t.split() for t in texts]
-        return encode_words(tokenizer, words, [[NO_GOLD] * len(w) for w in words], max_length)
+        return encode_words(tokenizer, words, [[NO_GOLD] * len(w) for w in words], max_length, continuation)
     return encode_texts(tokenizer, list(texts), None, [NO_GOLD] * len(texts), max_length)
 
 

@@ -51,7 +51,7 @@ from bertflow.bert_core.finetune.model import (
     resolve_device,
 )
 from bertflow.bert_core.finetune.report import write_parquet
-from bertflow.bert_core.finetune.stage import encode_data
+from bertflow.bert_core.finetune.stage import encode_data, piece_tags
 from bertflow.bert_core.finetune.train import train
 from bertflow.bert_core.stageio import (
     MetricsFn,
@@ -107,11 +107,13 @@ def run(
         train_ids, valid_ids = _teacher_label_ids(data, names, teacher_dir)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         missing_id = names.index("O") if "O" in names else 0
-        train_enc, valid_enc = encode_data(task, tokenizer, data, max_length, str(teacher_dir), train_ids, valid_ids)
+        continuation = piece_tags(data_cfg, names)
+        train_enc, valid_enc = encode_data(task, tokenizer, data, max_length, str(teacher_dir), train_ids, valid_ids,
+                                           continuation)
         unlabeled = 0
         if cfg.unlabeled:
             texts = read_unlabeled(cfg.unlabeled, cfg.unlabeled_column, cfg.unlabeled_limit, cfg.seed)
-            train_enc, unlabeled = concat(train_enc, encode_unlabeled(tokenizer, texts, task, max_length)), len(texts)
+            train_enc, unlabeled = concat(train_enc, encode_unlabeled(tokenizer, texts, task, max_length, continuation)), len(texts)
 
         student, layer_map = _build_student(cfg, teacher, task)
         student = student.to(device)

@@ -42,6 +42,10 @@ class FinetuneConfig(Config):
         False, description="Also load a pickle checkpoint (pytorch_model.bin); only for files you trust")
     max_length: int = Field(
         128, ge=8, description="Tokens per example; longer ones are truncated (qa: windows of the context)")
+    label_pieces: Literal["all", "first"] = Field(
+        "all", description="token task: train the tag on every word piece (B-X continues as I-X), so bulk scoring "
+                           "of plain text with per-piece spans (aggregation simple) finds whole entities; first: "
+                           "only each word's first piece, as BERT's paper (evaluation is per word either way)")
     epochs: int = Field(3, ge=1, description="Passes over the training data")
     batch_size: int = Field(32, ge=1, description="Training examples per optimizer step")
     eval_batch_size: int = Field(128, ge=1, description="Inference batch size (validation, export check)")

@@ -1,7 +1,8 @@
 """Tokenise examples into unpadded model inputs (padding happens per batch, in :mod:`batching`).
 
-Token classification labels only the first sub-token of each word; the other pieces,
-and the special tokens, get -100 so the loss ignores them. ``word_starts`` remembers
+Token classification labels the first sub-token of each word, and either nothing else
+(-100: the loss ignores it, as for the special tokens) or, with a ``continuation`` map,
+the word's later pieces too (``B-X`` continues as ``I-X``). ``word_starts`` remembers
 where each word's first piece landed, to read predictions back per word (-1 for a word
 lost to truncation or that tokenises to nothing).
 """
@@ -69,8 +70,10 @@ def encode_words(
     words: Sequence[Sequence[str]],
     tag_ids: Sequence[Sequence[int]] | None,
     max_length: int,
+    continuation: Sequence[int] | None = None,
 ) -> Encoded:
-    """Token classification inputs from pre-split words; labels on each word's first piece."""
+    """Token classification inputs from pre-split words; labels on each word's first piece, and on its
+    later pieces ``continuation[tag]`` (see :func:`labels.continuation_ids`); negative tags stay as they are."""
     require_fast(tokenizer, "token classification")
     ids: list[list[int]] = []
     types: list[list[int]] = []
@@ -94,10 +97,18 @@ def encode_words(
             if "token_type_ids" in enc:
                 types.append(enc["token_type_ids"][j])
             if labels is not None:
-                lab = [IGNORE] * len(word_ids)
                 tags = tag_ids[start + j]
-                for w, pos in enumerate(first):
-                    if pos >= 0:
-                        lab[pos] = int(tags[w])
+                if continuation is None:
+                    lab = [IGNORE] * len(word_ids)
+                    for w, pos in enumerate(first):
+                        if pos >= 0:
+                            lab[pos] = int(tags[w])
+                else:
+                    lab = [IGNORE if w is None else _piece_tag(int(tags[w]), pos == first[w], continuation)
+                           for pos, w in enumerate(word_ids)]
                 labels.append(lab)
     return Encoded(ids, types if types else None, labels, starts)
+
+
+def _piece_tag(tag: int, first: bool, continuation: Sequence[int]) -> int:
+    return tag if first or tag < 0 else continuation[tag]

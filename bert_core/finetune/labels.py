@@ -44,6 +44,26 @@ def encode_tags(sentences: Sequence[Sequence[str]], names: Sequence[str], where:
     return out
 
 
+def continuation_ids(names: Sequence[str], label_pieces: str) -> list[int] | None:
+    """Per tag id, the tag a word's later word pieces learn (``label_pieces: all``); None: first piece only.
+
+    A ``B-X`` word continues as ``I-X`` (so span decoding per piece, as transformers'
+    ``aggregation_strategy="simple"`` does, keeps the word in one entity); ``I-X``, ``O`` and
+    unprefixed tags continue as themselves; -100 (no label) where the ``I-`` tag is unknown.
+    """
+    if label_pieces == "first":
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for i, name in enumerate(names):
+        prefix, _, kind = name.partition("-")
+        if kind and prefix in ("S", "E", "L", "U"):
+            raise InputError(f"finetune.label_pieces: all needs IOB tags (B-, I-, O), but the labels include "
+                             f"{name!r} (a BIOES/BILOU scheme); set finetune.label_pieces: first")
+        out.append(index.get(f"I-{kind}", -100) if kind and prefix == "B" else i)
+    return out
+
+
 def unseen_label_error(label: str, names: Sequence[str], where: str, row: int) -> InputError:
     shown = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
     return InputError(

@@ -29,6 +29,7 @@ from bertflow.bert_core.finetune.encode import Encoded, encode_texts, encode_wor
 from bertflow.bert_core.finetune.evaluate import HEADLINE, PREDICTIONS, Evaluation, evaluate, predictions_table
 from bertflow.bert_core.finetune.export import export_model
 from bertflow.bert_core.finetune.infer import infer
+from bertflow.bert_core.finetune.labels import continuation_ids
 from bertflow.bert_core.finetune.model import (
     autocast_dtype,
     build_model,
@@ -77,7 +78,8 @@ def run(
         tokenizer = load_tokenizer(base)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         missing_id = names.index("O") if "O" in names else 0
-        train_enc, valid_enc = encode_data(cfg.task, tokenizer, data, max_length, str(base))
+        train_enc, valid_enc = encode_data(cfg.task, tokenizer, data, max_length, str(base),
+                                           continuation=piece_tags(cfg, names))
         model = build_model(base, cfg.task, names, cfg.allow_pickle_weights).to(device)
 
         def evaluate_with(m, dtype) -> Evaluation:
@@ -109,6 +111,7 @@ def run(
             "label_names": names,
             "text_pair": cfg.text_pair_column is not None,
             "headline_metric": HEADLINE[cfg.task],
+            **({"label_pieces": cfg.label_pieces} if cfg.task == "token" else {}),
         }
         with atomic_dir(out_dir) as tmp:
             export_model(model, tokenizer, tmp / "model", meta, base_dir=base)
@@ -152,15 +155,21 @@ def run(
     return StageResult(stage=STAGE, path=str(out_dir), metrics=metrics, details=details)
 
 
+def piece_tags(cfg: FinetuneConfig, names: list[str]) -> list[int] | None:
+    """The token task's tags for a word's later pieces under ``cfg.label_pieces``; None otherwise."""
+    return continuation_ids(names, cfg.label_pieces) if cfg.task == "token" else None
+
+
 def encode_data(task: str, tokenizer, data: LabelledData, max_length: int, where: str, train_ids=None,
-                valid_ids=None) -> tuple[Encoded, Encoded]:
+                valid_ids=None, continuation: list[int] | None = None) -> tuple[Encoded, Encoded]:
     """Model inputs of the training and validation examples; label ids default to the data's own
-    (distillation passes them renumbered as its teacher numbers its labels)."""
+    (distillation passes them renumbered as its teacher numbers its labels); ``continuation``: the
+    token task's tags for later word pieces (:func:`continuation_ids`)."""
     train_ids = data.train_ids if train_ids is None else train_ids
     valid_ids = data.valid_ids if valid_ids is None else valid_ids
     if task == "token":
         require_fast(tokenizer, f"tokenizer of {where}")
-        return (encode_words(tokenizer, data.train.words, train_ids, max_length),
-                encode_words(tokenizer, data.valid.words, valid_ids, max_length))
+        return (encode_words(tokenizer, data.train.words, train_ids, max_length, continuation),
+                encode_words(tokenizer, data.valid.words, valid_ids, max_length, continuation))
     return (encode_texts(tokenizer, data.train.texts, data.train.pairs, train_ids, max_length),
             encode_texts(tokenizer, data.valid.texts, data.valid.pairs, valid_ids, max_length))
