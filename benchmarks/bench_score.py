@@ -42,6 +42,7 @@ Examples::
     python benchmarks/bench_score.py --models base,small --rows 100000          # on a GPU
     python benchmarks/bench_score.py --rss --rss-rows 100000,1000000
     python benchmarks/bench_score.py --heads token,qa --rows 2000 --qa-peer-python /tmp/qa-peer/bin/python \
+        --ours-backends torch,onnx-int8 --peer-batch-sizes 8,64,256 \
         --token-model OUT/conll/model --qa-model OUT/squad/model
 """
 
@@ -354,8 +355,9 @@ def ner_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
     return ([pool[i % len(pool)] for i in range(n)] if len(pool) < n else rng.sample(pool, n)), source
 
 
-def qa_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str], str]:
-    """``n`` (question, context) pairs of the shared SQuAD articles, else questions about synthesized passages."""
+def qa_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str], list[list[str]] | None, str]:
+    """``n`` (question, context) pairs of the shared SQuAD articles and their gold answers, else questions
+    about synthesized passages (no answers)."""
     path = SHARED / "squad-v1.1" / "squad-v1.1-part-a.json.gz"
     rng = random.Random(seed)
     if path.is_file():
@@ -363,10 +365,11 @@ def qa_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str], str]:
 
         ex = read_qa(path)
         idx = [i % len(ex) for i in range(n)] if len(ex) < n else rng.sample(range(len(ex)), n)
-        return [ex.questions[i] for i in idx], [ex.contexts[i] for i in idx], str(path)
+        golds = [[text for text, _ in ex.answers[i]] for i in idx]
+        return [ex.questions[i] for i in idx], [ex.contexts[i] for i in idx], golds, str(path)
     texts, source = load_sentences(6 * n, seed)
     contexts = [" ".join(texts[6 * i:6 * i + 6]) for i in range(n)]
-    return [" ".join(t.split()[:8]) + "?" for t in texts[:n]], contexts, f"synthesized from {source}"
+    return [" ".join(t.split()[:8]) + "?" for t in texts[:n]], contexts, None, f"synthesized from {source}"
 
 
 def build_head_model(head: str, dst: Path, minilm: Path | None, trained: Path | None) -> tuple[Path, str]:
@@ -407,12 +410,12 @@ def time_peer_token(model_dir: Path, texts: list[str], batch_size: int, device: 
 
 
 def time_peer_qa(python: str, model_dir: Path, rows: Path, batch_size: int, device: str, max_length: int, stride: int,
-                 threads: int) -> float:
+                 threads: int, answers: Path | None = None) -> float:
     """rows/s of transformers' question-answering pipeline, in ``python`` (a transformers 4.x environment:
-    transformers 5 removed that pipeline)."""
+    transformers 5 removed that pipeline); ``answers``: also write its answers there (JSON list)."""
     cmd = [python, __file__, "--_qa-peer", "--model-dir", str(model_dir), "--lake", str(rows), "--batch-size",
            str(batch_size), "--device", device, "--max-length", str(max_length), "--stride", str(stride),
-           "--threads", str(threads)]
+           "--threads", str(threads)] + (["--out", str(answers)] if answers else [])
     line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(line)["rows_per_s"]
 
@@ -435,11 +438,17 @@ def qa_peer_child(args) -> None:
     out = pipe(question=questions, context=contexts, **kw)
     seconds = time.perf_counter() - t0
     assert len(out) == len(questions)
+    if args.out:
+        Path(args.out).write_text(json.dumps([o["answer"] for o in out]), encoding="utf-8")
     print(json.dumps({"rows_per_s": len(questions) / seconds, "transformers": transformers.__version__,
                       "threads": torch.get_num_threads()}))
 
 
-def time_ours_head(model_dir: Path, lake: Path, work: Path, tag: str, **settings) -> tuple[float, dict]:
+def time_ours_head(model_dir: Path, lake: Path, work: Path, tag: str, collect: list | None = None,
+                   **settings) -> tuple[float, dict]:
+    """rows/s of ours on ``lake``; ``collect``: append the output table (rows sorted by ``id``)."""
+    import pyarrow.dataset as pads
+
     from bertflow.bert_core.score.config import ScoreConfig
     from bertflow.bert_core.score.stage import run
 
@@ -448,6 +457,8 @@ def time_ours_head(model_dir: Path, lake: Path, work: Path, tag: str, **settings
     t0 = time.perf_counter()
     result = run(ScoreConfig(input=str(lake), **settings), model_dir, out)
     seconds = time.perf_counter() - t0
+    if collect is not None:
+        collect.append(pads.dataset(str(out), format="parquet", exclude_invalid_files=True).to_table().sort_by("id"))
     shutil.rmtree(out, ignore_errors=True)
     m = result.metrics
     assert m["files_failed"] == 0 and m["rows_scored"] + m["rows_error"] == m["rows_in"], m
@@ -469,12 +480,13 @@ def bench_head(head: str, args, work: Path) -> dict:
     lake = work / f"lake-{head}"
     shutil.rmtree(lake, ignore_errors=True)
     lake.mkdir(parents=True)
+    golds = None
     if head == "token":
         texts, source = ner_texts(args.rows)
         write_lake(texts, lake)
         settings = dict(max_length=args.max_length, stride=32)
     else:
-        questions, contexts, source = qa_pairs(args.rows)
+        questions, contexts, golds, source = qa_pairs(args.rows)
         per = -(-len(questions) // 8)
         for f in range(8):
             part = slice(f * per, (f + 1) * per)
@@ -488,31 +500,51 @@ def bench_head(head: str, args, work: Path) -> dict:
     settings.update(batch_size=ours_bs, device=device, cpu_threads=args.threads)
     print(f"# [{head}] {args.rows:,} rows from {source}; model {model_desc}", flush=True)
     peer = {bs: [] for bs in args.peer_batch_sizes}
-    ours: list[float] = []
-    time_ours_head(model_dir, lake, work, "warm", **settings)
+    ours: dict[str, list[float]] = {b: [] for b in args.ours_backends}
+    outputs: dict[str, list] = {b: [] for b in args.ours_backends}
+    peer_answers = work / "qa-peer-answers.json" if golds is not None else None
+    for b in args.ours_backends:
+        time_ours_head(model_dir, lake, work, "warm", collect=outputs[b], backend=b, **settings)
     for r in range(args.repeats):
         for bs in args.peer_batch_sizes:
             if head == "token":
                 rate = time_peer_token(model_dir, texts, bs, device)
             else:
-                rate = time_peer_qa(args.qa_peer_python, model_dir, rows_file, bs, device, 384, 128, args.threads)
+                rate = time_peer_qa(args.qa_peer_python, model_dir, rows_file, bs, device, 384, 128, args.threads,
+                                    peer_answers if r == 0 and bs == args.peer_batch_sizes[0] else None)
             peer[bs].append(rate)
             print(f"  [{head}] repeat {r}: peer bs={bs}: {rate:,.1f} rows/s", flush=True)
-        rate, _ = time_ours_head(model_dir, lake, work, str(r), **settings)
-        ours.append(rate)
-        print(f"  [{head}] repeat {r}: ours bs={ours_bs}: {rate:,.1f} rows/s", flush=True)
-    from bertflow.bert_core.score.config import ScoreConfig
+        for b in args.ours_backends:
+            rate, _ = time_ours_head(model_dir, lake, work, str(r), backend=b, **settings)
+            ours[b].append(rate)
+            print(f"  [{head}] repeat {r}: ours {b} bs={ours_bs}: {rate:,.1f} rows/s", flush=True)
+    from bertflow.bert_core.score.config import ScoreConfig, batch_token_cap
     from bertflow.bert_core.score.model import cpu_threads
 
+    first = args.ours_backends[0]
     result = {
         "model": f"{head} head, {model_desc}", "head": head, "device": device, "rows": args.rows,
         "repeats": args.repeats, "ours_batch_size": ours_bs, "source": source,
+        "ours_max_batch_tokens": batch_token_cap(ScoreConfig(), "cuda" if device.startswith("cuda") else "cpu"),
         "peer": ("transformers pipeline('token-classification', aggregation_strategy='simple')" if head == "token"
                  else "transformers 4.x pipeline('question-answering') (removed in transformers 5)"),
         "peer_cpu_threads": args.threads or torch.get_num_threads(),
         "ours_cpu_threads": cpu_threads(ScoreConfig(cpu_threads=args.threads)),
-        **rates(peer, ours),
+        "ours_backend": first,
+        **rates(peer, ours[first]),
     }
+    for b in args.ours_backends[1:]:
+        extra = rates(peer, ours[b])
+        result[f"ours_{b}"] = {k: extra[k] for k in ("ours_rows_per_s", "ours_runs", "ratio_ours_vs_peer")}
+    if golds is not None:  # answer quality of each (meaningful with a fine-tuned --qa-model)
+        from bertflow.bert_core.finetune.qa_metrics import qa_report
+
+        quality = {f"ours_{b}": qa_report(golds, [a or "" for a in outputs[b][0].column("answer").to_pylist()])
+                   for b in args.ours_backends}
+        quality["peer"] = qa_report(golds, json.loads(peer_answers.read_text(encoding="utf-8")))
+        result["answers_vs_gold"] = {k: {m: round(v, 2) for m, v in q.items()} for k, q in quality.items()}
+        print(f"  [{head}] answers vs gold (EM/F1): " + ", ".join(
+            f"{k} {q['exact_match']:.1f}/{q['f1']:.1f}" for k, q in quality.items()), flush=True)
     return result
 
 
@@ -570,6 +602,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=0, help="ours (default 64 on CPU, 256 on CUDA)")
     ap.add_argument("--peer-batch-sizes", default="64,256")
+    ap.add_argument("--ours-backends", default="torch",
+                    help="token/qa heads: comma-separated score.backend values to time (torch, onnx, onnx-int8)")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads for both (0: peer keeps torch's default, ours its own: every usable core)")
@@ -587,6 +621,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.peer_batch_sizes = [int(x) for x in args.peer_batch_sizes.split(",") if x]
+    args.ours_backends = [x for x in args.ours_backends.split(",") if x]
     args.rss_rows = [int(x) for x in args.rss_rows.split(",") if x]
     args.minilm = args.minilm or _minilm_dir()
     if args._generate:
