@@ -50,7 +50,7 @@ from bertflow.bert_core.finetune.model import (
     max_positions,
     resolve_device,
 )
-from bertflow.bert_core.finetune.report import write_parquet
+from bertflow.bert_core.finetune.report import stage_details, write_parquet
 from bertflow.bert_core.finetune.stage import encode_data, piece_tags
 from bertflow.bert_core.finetune.train import train
 from bertflow.bert_core.stageio import (
@@ -171,20 +171,9 @@ def run(
                                           {"device": str(device), "cpu_threads": threads,
                                            "wall_seconds": time.monotonic() - t0}))
 
-    details = {
-        "model_dir": str(Path(out_dir) / "model"),
-        "task": task,
-        "max_length": max_length,
-        "teacher": teacher_ref or str(teacher_dir),
-        "teacher_metrics": teacher_eval.metrics,
-        "layer_map": list(layer_map),
-        "label_map": {n: i for i, n in enumerate(names)},
-        "eval_set_digest": eval_digest,
-        "valid_source": data.valid_source,
-        "stop_reason": outcome.stop_reason,
-        "history": outcome.history,
-        "export_check": export_check,
-    }
+    details = stage_details(out_dir, task, max_length, eval_digest, data.valid_source, outcome, export_check,
+                            teacher=teacher_ref or str(teacher_dir), teacher_metrics=teacher_eval.metrics,
+                            layer_map=list(layer_map), label_map={n: i for i, n in enumerate(names)})
     return StageResult(stage=STAGE, path=str(out_dir), metrics=metrics, details=details)
 
 

@@ -23,7 +23,7 @@ from bertflow.bert_core.finetune.infer import infer_spans
 from bertflow.bert_core.finetune.model import (autocast_dtype, build_model, cpu_threads, load_tokenizer,
                                                max_positions, resolve_device)
 from bertflow.bert_core.finetune.qa import encode_qa, evaluate_qa, load_qa_data, predictions_table, windowing
-from bertflow.bert_core.finetune.report import STAGE, manifest, write_parquet
+from bertflow.bert_core.finetune.report import STAGE, manifest, stage_details, write_parquet
 from bertflow.bert_core.finetune.train import train
 from bertflow.bert_core.stageio import EpochFn, MetricsFn, ProgressFn, StageResult, atomic_dir, write_manifest
 
@@ -103,19 +103,7 @@ def run_qa(cfg: FinetuneConfig, base: Path, out_dir: Path, on_metrics: MetricsFn
                       "train_windows": len(train_enc), "valid_windows": len(valid_enc)}
             write_manifest(tmp, manifest(cfg, base, counts, metrics, eval_digest, runtime))
 
-    details = {
-        "model_dir": str(out_dir / "model"),
-        "task": "qa",
-        "max_length": max_length,
-        "squad_version": data.version,
-        "null_threshold": meta["null_threshold"],
-        "per_class": {},
-        "confusion_png": None,
-        "label_map": {},
-        "eval_set_digest": eval_digest,
-        "valid_source": data.valid_source,
-        "stop_reason": outcome.stop_reason,
-        "history": outcome.history,
-        "export_check": export_check,
-    }
+    details = stage_details(out_dir, "qa", max_length, eval_digest, data.valid_source, outcome, export_check,
+                            squad_version=data.version, null_threshold=meta["null_threshold"], per_class={},
+                            confusion_png=None, label_map={})
     return StageResult(stage=STAGE, path=str(out_dir), metrics=metrics, details=details)

@@ -38,3 +38,12 @@ def write_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
     pq.write_table(table, path, compression="zstd")
+
+
+def stage_details(out_dir: str | Path, task: str, max_length: int, eval_digest: str, valid_source: str, outcome,
+                  export_check: dict, **extra) -> dict:
+    """The ``details`` every training stage returns (fine-tune, QA, distillation): where the model is,
+    what it was evaluated on, how training ended; ``extra`` adds the stage's own keys."""
+    return {"model_dir": str(Path(out_dir) / "model"), "task": task, "max_length": max_length, **extra,
+            "eval_set_digest": eval_digest, "valid_source": valid_source, "stop_reason": outcome.stop_reason,
+            "history": outcome.history, "export_check": export_check}

@@ -40,7 +40,7 @@ from bertflow.bert_core.finetune.model import (
     resolve_device,
 )
 from bertflow.bert_core.finetune.plots import save_confusion_png
-from bertflow.bert_core.finetune.report import STAGE, manifest, write_parquet
+from bertflow.bert_core.finetune.report import STAGE, manifest, stage_details, write_parquet
 from bertflow.bert_core.finetune.train import train
 from bertflow.bert_core.safeload import require_safe_weights
 from bertflow.bert_core.stageio import EpochFn, MetricsFn, ProgressFn, StageResult, atomic_dir, write_manifest
@@ -139,19 +139,10 @@ def run(
             counts = {"train_examples": len(data.train), "valid_examples": len(data.valid), "labels": len(names)}
             write_manifest(tmp, manifest(cfg, base, counts, metrics, eval_digest, runtime))
 
-    details = {
-        "model_dir": str(out_dir / "model"),
-        "task": cfg.task,
-        "max_length": max_length,
-        "per_class": final.per_class,
-        "confusion_png": str(out_dir / "confusion_matrix.png") if has_png else None,
-        "label_map": {n: i for i, n in enumerate(names)},
-        "eval_set_digest": eval_digest,
-        "valid_source": data.valid_source,
-        "stop_reason": outcome.stop_reason,
-        "history": outcome.history,
-        "export_check": export_check,
-    }
+    details = stage_details(out_dir, cfg.task, max_length, eval_digest, data.valid_source, outcome, export_check,
+                            per_class=final.per_class,
+                            confusion_png=str(out_dir / "confusion_matrix.png") if has_png else None,
+                            label_map={n: i for i, n in enumerate(names)})
     return StageResult(stage=STAGE, path=str(out_dir), metrics=metrics, details=details)
 
 
