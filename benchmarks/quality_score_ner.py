@@ -14,7 +14,9 @@ of ``quality_finetune.py --task conll``; then:
   the same texts: spans found by both / spans found by either (goal: >= 99%).
 
 ``--aggregation`` scores with another strategy too (``first`` reads each word's first piece, as the
-fine-tune's evaluation does). Writes ``OUT/ner-score-quality.json``.
+fine-tune's evaluation does). The model's ``finetune.label_pieces`` (``all``: every piece trained, the
+default since 2026-12-06; ``first``: first pieces only) decides how well ``simple`` does. Writes
+``OUT/ner-score-quality.json``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     lake.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"id": list(range(len(texts))), "text": list(texts)}), lake / "valid.parquet")
     finetune = json.loads((args.model.parent / "metrics.json").read_text(encoding="utf-8"))["metrics"]
+    meta_file = args.model / "bertflow_finetune.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     report: dict = {"data": str(args.data), "sentences": len(texts), "model": str(args.model),
+                    "label_pieces": meta.get("label_pieces", "first"),  # absent: trained before the option
                     "finetune_entity_f1": finetune["entity_f1"], "scored": {}}
     ours: dict[str, list[set]] = {}
     for agg in [a for a in args.aggregation.split(",") if a]:
