@@ -503,8 +503,16 @@ def bench_head(head: str, args, work: Path) -> dict:
     ours: dict[str, list[float]] = {b: [] for b in args.ours_backends}
     outputs: dict[str, list] = {b: [] for b in args.ours_backends}
     peer_answers = work / "qa-peer-answers.json" if golds is not None else None
-    for b in args.ours_backends:
-        time_ours_head(model_dir, lake, work, "warm", collect=outputs[b], backend=b, **settings)
+    from bertflow.bert_core.errors import ParityError
+
+    refused = {}
+    for b in list(args.ours_backends):
+        try:
+            time_ours_head(model_dir, lake, work, "warm", collect=outputs[b], backend=b, **settings)
+        except ParityError as exc:  # the backend's own gate said no: report it, time the others
+            refused[b] = str(exc)
+            print(f"  [{head}] ours {b}: refused by its parity gate: {exc}", flush=True)
+    backends = [b for b in args.ours_backends if b not in refused]
     for r in range(args.repeats):
         for bs in args.peer_batch_sizes:
             if head == "token":
@@ -514,14 +522,14 @@ def bench_head(head: str, args, work: Path) -> dict:
                                     peer_answers if r == 0 and bs == args.peer_batch_sizes[0] else None)
             peer[bs].append(rate)
             print(f"  [{head}] repeat {r}: peer bs={bs}: {rate:,.1f} rows/s", flush=True)
-        for b in args.ours_backends:
+        for b in backends:
             rate, _ = time_ours_head(model_dir, lake, work, str(r), backend=b, **settings)
             ours[b].append(rate)
             print(f"  [{head}] repeat {r}: ours {b} bs={ours_bs}: {rate:,.1f} rows/s", flush=True)
     from bertflow.bert_core.score.config import ScoreConfig, batch_token_cap
     from bertflow.bert_core.score.model import cpu_threads
 
-    first = args.ours_backends[0]
+    first = backends[0]
     result = {
         "model": f"{head} head, {model_desc}", "head": head, "device": device, "rows": args.rows,
         "repeats": args.repeats, "ours_batch_size": ours_bs, "source": source,
@@ -533,14 +541,16 @@ def bench_head(head: str, args, work: Path) -> dict:
         "ours_backend": first,
         **rates(peer, ours[first]),
     }
-    for b in args.ours_backends[1:]:
+    for b in backends[1:]:
         extra = rates(peer, ours[b])
         result[f"ours_{b}"] = {k: extra[k] for k in ("ours_rows_per_s", "ours_runs", "ratio_ours_vs_peer")}
+    if refused:
+        result["ours_refused"] = refused
     if golds is not None:  # answer quality of each (meaningful with a fine-tuned --qa-model)
         from bertflow.bert_core.finetune.qa_metrics import qa_report
 
         quality = {f"ours_{b}": qa_report(golds, [a or "" for a in outputs[b][0].column("answer").to_pylist()])
-                   for b in args.ours_backends}
+                   for b in backends}
         quality["peer"] = qa_report(golds, json.loads(peer_answers.read_text(encoding="utf-8")))
         result["answers_vs_gold"] = {k: {m: round(v, 2) for m, v in q.items()} for k, q in quality.items()}
         print(f"  [{head}] answers vs gold (EM/F1): " + ", ".join(
