@@ -44,6 +44,7 @@ Examples::
     python benchmarks/bench_score.py --heads token,qa --rows 2000 --qa-peer-python /tmp/qa-peer/bin/python \
         --ours-backends torch,onnx-int8 --peer-batch-sizes 8,64,256 \
         --token-model OUT/conll/model --qa-model OUT/squad/model
+    python benchmarks/bench_score.py --heads sequence,token,qa --ours-batch-tokens 1024,8192 ...   # CPU batch caps
 """
 
 from __future__ import annotations
@@ -77,6 +78,19 @@ def rates(peer: dict[int, list[float]], ours: list[float]) -> dict:
             "ours_runs": [round(x, 1) for x in ours],
             "peer_runs": {str(b): [round(x, 1) for x in v] for b, v in peer.items()},
             "ratio_ours_vs_peer": round(ours_median / round(peer_median[best_bs], 1), 3)}
+
+
+def _cap_label(cap: int | None) -> str:
+    return "max_batch_tokens=default" if cap is None else f"max_batch_tokens={cap}"
+
+
+def _other_variants(peer: dict[int, list[float]], variants: dict[str, list[float]]) -> dict:
+    """Our other settings' medians and ratios to the same peer runs, keyed ``ours_<setting>``."""
+    out = {}
+    for label, runs in variants.items():
+        r = rates(peer, runs)
+        out[f"ours_{label}"] = {k: r[k] for k in ("ours_rows_per_s", "ours_runs", "ratio_ours_vs_peer")}
+    return out
 
 
 def load_sentences(n: int, seed: int = 0, sst2: Path | None = None) -> tuple[list[str], str]:
@@ -246,14 +260,15 @@ def time_peer(model_dir: Path, texts: list[str], batch_size: int, device: str, m
 
 
 def time_ours(model_dir: Path, lake: Path, work: Path, batch_size: int, device: str, max_length: int,
-              threads: int, tag: str) -> tuple[float, dict]:
+              threads: int, tag: str, max_batch_tokens: int | None = None) -> tuple[float, dict]:
     """rows/s of our run(): Parquet lake in, scored Parquet out (fresh output dir each time)."""
     from bertflow.bert_core.score.config import ScoreConfig
     from bertflow.bert_core.score.stage import run
 
     out = work / f"out-{tag}"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = ScoreConfig(input=str(lake), batch_size=batch_size, max_length=max_length, device=device, cpu_threads=threads)
+    cfg = ScoreConfig(input=str(lake), batch_size=batch_size, max_length=max_length, device=device, cpu_threads=threads,
+                      max_batch_tokens=max_batch_tokens)
     t0 = time.perf_counter()
     result = run(cfg, model_dir, out)
     seconds = time.perf_counter() - t0
@@ -308,16 +323,19 @@ def bench_model(kind: str, args, work: Path, texts: list[str], lake: Path) -> di
     if args.threads:
         torch.set_num_threads(args.threads)
     peer = {bs: [] for bs in args.peer_batch_sizes}
-    ours: list[float] = []
+    caps = args.ours_batch_tokens
+    ours: dict[int | None, list[float]] = {c: [] for c in caps}
     # Warm-up both (first model load, lazy CUDA init), then alternate peer and ours.
     time_ours(model_dir, lake, work, ours_bs, device, args.max_length, args.threads, "warm")
     for r in range(args.repeats):
         for bs in args.peer_batch_sizes:
             peer[bs].append(time_peer(model_dir, texts, bs, device, args.max_length))
             print(f"  [{kind}] repeat {r}: peer bs={bs}: {peer[bs][-1]:,.0f} rows/s", flush=True)
-        rate, metrics = time_ours(model_dir, lake, work, ours_bs, device, args.max_length, args.threads, str(r))
-        ours.append(rate)
-        print(f"  [{kind}] repeat {r}: ours bs={ours_bs}: {rate:,.0f} rows/s", flush=True)
+        for cap in caps:
+            rate, metrics = time_ours(model_dir, lake, work, ours_bs, device, args.max_length, args.threads, str(r),
+                                      cap)
+            ours[cap].append(rate)
+            print(f"  [{kind}] repeat {r}: ours bs={ours_bs} {_cap_label(cap)}: {rate:,.0f} rows/s", flush=True)
     from bertflow.bert_core.score.config import ScoreConfig
     from bertflow.bert_core.score.model import cpu_threads
 
@@ -325,7 +343,9 @@ def bench_model(kind: str, args, work: Path, texts: list[str], lake: Path) -> di
         "model": kind, "device": device, "rows": len(texts), "repeats": args.repeats, "ours_batch_size": ours_bs,
         "peer_cpu_threads": torch.get_num_threads(),
         "ours_cpu_threads": cpu_threads(ScoreConfig(cpu_threads=args.threads)),
-        **rates(peer, ours),
+        "ours_max_batch_tokens": caps[0],  # None: the default
+        **rates(peer, ours[caps[0]]),
+        **_other_variants(peer, {_cap_label(c): ours[c] for c in caps[1:]}),
     }
     if device.startswith("cuda"):
         ceiling = time_ceiling(model_dir, texts, ours_bs, device, args.max_length)
@@ -500,7 +520,8 @@ def bench_head(head: str, args, work: Path) -> dict:
     settings.update(batch_size=ours_bs, device=device, cpu_threads=args.threads)
     print(f"# [{head}] {args.rows:,} rows from {source}; model {model_desc}", flush=True)
     peer = {bs: [] for bs in args.peer_batch_sizes}
-    ours: dict[str, list[float]] = {b: [] for b in args.ours_backends}
+    caps = args.ours_batch_tokens
+    ours: dict[tuple[str, int | None], list[float]] = {}
     outputs: dict[str, list] = {b: [] for b in args.ours_backends}
     peer_answers = work / "qa-peer-answers.json" if golds is not None else None
     from bertflow.bert_core.errors import ParityError
@@ -513,6 +534,8 @@ def bench_head(head: str, args, work: Path) -> dict:
             refused[b] = str(exc)
             print(f"  [{head}] ours {b}: refused by its parity gate: {exc}", flush=True)
     backends = [b for b in args.ours_backends if b not in refused]
+    variants = [(b, c) for b in backends for c in caps]
+    ours = {v: [] for v in variants}
     for r in range(args.repeats):
         for bs in args.peer_batch_sizes:
             if head == "token":
@@ -522,28 +545,27 @@ def bench_head(head: str, args, work: Path) -> dict:
                                     peer_answers if r == 0 and bs == args.peer_batch_sizes[0] else None)
             peer[bs].append(rate)
             print(f"  [{head}] repeat {r}: peer bs={bs}: {rate:,.1f} rows/s", flush=True)
-        for b in backends:
-            rate, _ = time_ours_head(model_dir, lake, work, str(r), backend=b, **settings)
-            ours[b].append(rate)
-            print(f"  [{head}] repeat {r}: ours {b} bs={ours_bs}: {rate:,.1f} rows/s", flush=True)
+        for b, cap in variants:
+            rate, _ = time_ours_head(model_dir, lake, work, str(r), backend=b, max_batch_tokens=cap, **settings)
+            ours[(b, cap)].append(rate)
+            print(f"  [{head}] repeat {r}: ours {b} bs={ours_bs} {_cap_label(cap)}: {rate:,.1f} rows/s", flush=True)
     from bertflow.bert_core.score.config import ScoreConfig, batch_token_cap
     from bertflow.bert_core.score.model import cpu_threads
 
-    first = backends[0]
+    first = variants[0]
+    label = (lambda v: v[0] if len(caps) == 1 else f"{v[0]}_{_cap_label(v[1])}")
     result = {
         "model": f"{head} head, {model_desc}", "head": head, "device": device, "rows": args.rows,
         "repeats": args.repeats, "ours_batch_size": ours_bs, "source": source,
-        "ours_max_batch_tokens": batch_token_cap(ScoreConfig(), "cuda" if device.startswith("cuda") else "cpu"),
+        "default_max_batch_tokens": batch_token_cap(ScoreConfig(), "cuda" if device.startswith("cuda") else "cpu"),
         "peer": ("transformers pipeline('token-classification', aggregation_strategy='simple')" if head == "token"
                  else "transformers 4.x pipeline('question-answering') (removed in transformers 5)"),
         "peer_cpu_threads": args.threads or torch.get_num_threads(),
         "ours_cpu_threads": cpu_threads(ScoreConfig(cpu_threads=args.threads)),
-        "ours_backend": first,
+        "ours_backend": first[0], "ours_max_batch_tokens": first[1],  # None: the default
         **rates(peer, ours[first]),
+        **_other_variants(peer, {label(v): ours[v] for v in variants[1:]}),
     }
-    for b in backends[1:]:
-        extra = rates(peer, ours[b])
-        result[f"ours_{b}"] = {k: extra[k] for k in ("ours_rows_per_s", "ours_runs", "ratio_ours_vs_peer")}
     if refused:
         result["ours_refused"] = refused
     if golds is not None:  # answer quality of each (meaningful with a fine-tuned --qa-model)
@@ -612,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=0, help="ours (default 64 on CPU, 256 on CUDA)")
     ap.add_argument("--peer-batch-sizes", default="64,256")
+    ap.add_argument("--ours-batch-tokens", default="",
+                    help="comma-separated score.max_batch_tokens values to time ours with (default: the default)")
     ap.add_argument("--ours-backends", default="torch",
                     help="token/qa heads: comma-separated score.backend values to time (torch, onnx, onnx-int8)")
     ap.add_argument("--max-length", type=int, default=128)
@@ -632,6 +656,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.peer_batch_sizes = [int(x) for x in args.peer_batch_sizes.split(",") if x]
     args.ours_backends = [x for x in args.ours_backends.split(",") if x]
+    args.ours_batch_tokens = [int(x) for x in args.ours_batch_tokens.split(",") if x] or [None]
     args.rss_rows = [int(x) for x in args.rss_rows.split(",") if x]
     args.minilm = args.minilm or _minilm_dir()
     if args._generate:
