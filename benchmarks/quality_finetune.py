@@ -35,6 +35,7 @@ import numpy as np
 from bertflow.bert_core.configtools import apply_overrides, evolve, from_dict, to_dict
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.examples import TaggedExamples
+from bertflow.bert_core.finetune.model import cpu_has_native_bf16
 from bertflow.bert_core.finetune.readers import read_examples
 from bertflow.bert_core.finetune.stage import run
 
@@ -63,8 +64,8 @@ TASKS = {
         "folder": "squad-v1.1",
         "target": ("f1", 65.0),
         "config": dict(task="qa", train_path="squad-v1.1-part-a.json.gz", valid_fraction=0.1, max_length=384,
-                       doc_stride=128, max_answer_length=30, epochs=3, batch_size=32, lr=1e-4, warmup_ratio=0.1,
-                       early_stopping_patience=1, budget_minutes=60),
+                       doc_stride=128, max_answer_length=30, epochs=4, batch_size=16, lr=1e-4, warmup_ratio=0.1,
+                       early_stopping_patience=1, budget_minutes=60, cpu_bf16=cpu_has_native_bf16()),
     },
 }
 

@@ -100,7 +100,7 @@ def run(
     with cpu_threads(data_cfg.num_threads) as threads:
         torch.manual_seed(cfg.seed)
         device = resolve_device(data_cfg.device)
-        amp = autocast_dtype(device, data_cfg.bf16)
+        amp = autocast_dtype(device, data_cfg.bf16, data_cfg.cpu_bf16)
         tokenizer = load_tokenizer(teacher_dir)
         teacher = load_finetuned(teacher_dir, task).to(device).eval()
         names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]

@@ -68,6 +68,9 @@ class FinetuneConfig(Config):
     seed: int = Field(42, description="Seed of the validation split, data order, dropout and head init")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     bf16: bool = Field(True, description="bf16 autocast on CUDA for training and validation; final predictions in fp32")
+    cpu_bf16: bool = Field(
+        False, description="bf16 autocast for training and validation on CPUs with native bf16 (AVX-512 BF16, AMX): "
+        "MiniLM trains ~1.5x faster on such a CPU; final predictions in fp32. An error on other CPUs")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0: every core this process may use")
     log_every: int = Field(20, ge=1, description="Optimizer steps between metric and progress reports")
     registered_model_name: str = Field(

@@ -42,11 +42,22 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
-    """bf16 autocast on CUDA devices that support it; None (fp32) everywhere else."""
+def autocast_dtype(device: torch.device, bf16: bool, cpu_bf16: bool = False) -> torch.dtype | None:
+    """bf16 autocast on CUDA devices that support it (``bf16``) and, asked for by ``cpu_bf16``, on CPUs with
+    native bf16 matmuls (AVX-512 BF16, AMX); None (fp32) everywhere else. Elsewhere CPU bf16 is emulated and
+    slower than fp32, hence the error rather than a quiet slowdown."""
     if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if cpu_bf16 and device.type == "cpu":
+        if not cpu_has_native_bf16():
+            raise ConfigError("finetune.cpu_bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 "
+                              "trains slower than fp32; set it false")
+        return torch.bfloat16
     return None
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -37,7 +37,7 @@ def run_qa(cfg: FinetuneConfig, base: Path, out_dir: Path, on_metrics: MetricsFn
     with cpu_threads(cfg.num_threads) as threads:
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
-        amp = autocast_dtype(device, cfg.bf16)
+        amp = autocast_dtype(device, cfg.bf16, cfg.cpu_bf16)
         tokenizer = load_tokenizer(base)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         win = windowing(tokenizer, cfg, max_length)

@@ -74,7 +74,7 @@ def run(
     with cpu_threads(cfg.num_threads) as threads:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
         device = resolve_device(cfg.device)
-        amp = autocast_dtype(device, cfg.bf16)
+        amp = autocast_dtype(device, cfg.bf16, cfg.cpu_bf16)
         tokenizer = load_tokenizer(base)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         missing_id = names.index("O") if "O" in names else 0
