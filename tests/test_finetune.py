@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.predict import Predictor
 from bertflow.bert_core.finetune.stage import run
@@ -267,12 +267,11 @@ def test_on_epoch_sees_every_epoch_and_can_stop_or_abort_training(tiny_bert, tmp
 
 
 def test_autocast_path_recomputes_final_figures_in_fp32(tiny_bert, tmp_path, monkeypatch):
-    """The GPU path (bf16 autocast for training and validation) run with CPU bf16 autocast:
-    the reported figures and predictions come from an fp32 pass, so the export reproduces them."""
-    import bertflow.bert_core.finetune.stage as stage
+    """bf16 autocast for training and validation (``cpu_bf16`` here, ``bf16`` on a GPU): the reported
+    figures and predictions come from an fp32 pass, so the export reproduces them."""
     from bertflow.bert_core.finetune import model as model_mod
 
-    monkeypatch.setattr(stage, "autocast_dtype", lambda device, bf16: torch.bfloat16 if bf16 else None)
+    monkeypatch.setattr(model_mod, "cpu_has_native_bf16", lambda: True)  # emulated where it is not: slower, same
     calls = []
     real_autocast = model_mod.autocast
 
@@ -283,7 +282,9 @@ def test_autocast_path_recomputes_final_figures_in_fp32(tiny_bert, tmp_path, mon
     monkeypatch.setattr("bertflow.bert_core.finetune.train.autocast", spy)
     monkeypatch.setattr("bertflow.bert_core.finetune.infer.autocast", spy)
     train_csv = write_csv(tmp_path / "train.csv", ["text", "label"], sentiment_rows(90, seed=8))
-    result = run(FinetuneConfig(train_path=str(train_csv), **{**FAST, "epochs": 2}), tiny_bert, tmp_path / "out")
+    cfg = FinetuneConfig(train_path=str(train_csv), **{**FAST, "epochs": 2, "cpu_bf16": True})
+    result = run(cfg, tiny_bert, tmp_path / "out")
+    assert read_manifest(result.path, "finetune")["runtime"]["autocast"] == "torch.bfloat16"
     assert torch.bfloat16 in calls and None in calls  # bf16 while training and validating, fp32 at the end
     assert result.details["export_check"]["max_abs_diff"] < 1e-5  # fp32 figures: the export matches exactly
     rows = pq.read_table(Path(result.path) / "predictions.parquet").to_pylist()
@@ -300,6 +301,21 @@ def test_autocast_dtype_is_bf16_only_on_capable_cuda(monkeypatch):
     assert autocast_dtype(torch.device("cuda"), False) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(torch.device("cuda"), True) is None
+
+
+def test_cpu_bf16_needs_a_cpu_with_native_bf16(monkeypatch):
+    """Emulated bf16 trains slower than fp32: asking for it there is an error naming the setting."""
+    from bertflow.bert_core.finetune import model as model_mod
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(model_mod, "cpu_has_native_bf16", lambda: True)
+    assert model_mod.autocast_dtype(cpu, False, cpu_bf16=True) is torch.bfloat16
+    assert model_mod.autocast_dtype(cpu, True, cpu_bf16=False) is None
+    monkeypatch.setattr(model_mod, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="finetune.cpu_bf16.*no native bf16"):
+        model_mod.autocast_dtype(cpu, True, cpu_bf16=True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert model_mod.autocast_dtype(torch.device("cuda"), True, cpu_bf16=True) is None  # a CPU-only setting
 
 
 def test_single_label_training_data_is_refused(tiny_bert, tmp_path):

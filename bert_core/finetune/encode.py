@@ -98,17 +98,12 @@ def encode_words(
                 types.append(enc["token_type_ids"][j])
             if labels is not None:
                 tags = tag_ids[start + j]
-                if continuation is None:
-                    lab = [IGNORE] * len(word_ids)
-                    for w, pos in enumerate(first):
-                        if pos >= 0:
-                            lab[pos] = int(tags[w])
-                else:
-                    lab = [IGNORE if w is None else _piece_tag(int(tags[w]), pos == first[w], continuation)
-                           for pos, w in enumerate(word_ids)]
-                labels.append(lab)
+                labels.append([IGNORE if w is None else _piece_tag(int(tags[w]), pos == first[w], continuation)
+                               for pos, w in enumerate(word_ids)])
     return Encoded(ids, types if types else None, labels, starts)
 
 
-def _piece_tag(tag: int, first: bool, continuation: Sequence[int]) -> int:
-    return tag if first or tag < 0 else continuation[tag]
+def _piece_tag(tag: int, first: bool, continuation: Sequence[int] | None) -> int:
+    if first or tag < 0:
+        return tag
+    return IGNORE if continuation is None else continuation[tag]
