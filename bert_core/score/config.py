@@ -44,8 +44,8 @@ class ScoreConfig(Config):
     batch_size: int = Field(64, ge=1, description="Rows per model forward pass")
     max_batch_tokens: int | None = Field(
         None, ge=0, description="Padded tokens (rows x longest row) per forward pass at most, so batches of long "
-                                "texts hold fewer rows and less padding; null: 8192 on CPUs (a smaller batch costs "
-                                "them nothing), no cap on GPUs (they want wide batches); 0: no cap")
+                                "texts hold fewer rows and less padding; null: 1024 on CPUs (small batches stay in "
+                                "their caches: faster), no cap on GPUs (they want wide batches); 0: no cap")
     max_length: int = Field(
         128, ge=8, description="Tokens per model window; sequence head: longer texts are truncated; token and qa "
                                "heads: longer texts are scored in overlapping windows")
@@ -180,7 +180,7 @@ class ScoreConfig(Config):
         return backend
 
 
-CPU_BATCH_TOKENS = 8192
+CPU_BATCH_TOKENS = 1024  # benchmarks/RESULTS.md: 1.2-1.75x the rows/s of 8192 on every head (2-core CPU)
 
 
 def batch_token_cap(cfg: ScoreConfig, device_type: str) -> int:
