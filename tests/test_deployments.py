@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from bertflow.bert_core.configtools import resolve_paths
 from bertflow.bert_core.sweep.space import SweepSpace, load_space
 from bertflow.deployments.serve import NIGHTLY_OVERRIDES
 from bertflow.tasks import tracking
-from tests.helpers import REPO, TINY_OVERRIDES, free_port, running
+from tests.helpers import REPO, TINY_OVERRIDES, free_port, running, stop_process_group
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -111,8 +110,7 @@ def test_overlapping_runs_queue_instead_of_failing(deployed, tmp_path):
     try:
         states = wait_final(api, runs, timeout_s=400)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=60)
+        stop_process_group(worker, grace_s=60)
     assert [s["type"] for s in states] == ["COMPLETED", "COMPLETED"], states
     history = [[s["name"] for s in httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id},
                                               timeout=10).json()] for run_id in runs]
