@@ -415,12 +415,14 @@ def build_head_model(head: str, dst: Path, minilm: Path | None, trained: Path | 
     return dst, "MiniLM-L6 + fresh head"
 
 
-def time_peer_token(model_dir: Path, texts: list[str], batch_size: int, device: str) -> float:
+def time_peer_token(model_dir: Path, texts: list[str], batch_size: int, device: str, bf16: bool = False) -> float:
     """rows/s of transformers' token-classification pipeline (aggregation_strategy="simple") over a list."""
+    import torch
     from transformers import pipeline
 
     pipe = pipeline("token-classification", model=str(model_dir), tokenizer=str(model_dir),
-                    aggregation_strategy="simple", batch_size=batch_size, device=device)
+                    aggregation_strategy="simple", batch_size=batch_size, device=device,
+                    **({"dtype": torch.bfloat16} if bf16 else {}))
     pipe(texts[: 2 * batch_size])  # warm-up
     t0 = time.perf_counter()
     out = pipe(texts)
@@ -430,12 +432,12 @@ def time_peer_token(model_dir: Path, texts: list[str], batch_size: int, device: 
 
 
 def time_peer_qa(python: str, model_dir: Path, rows: Path, batch_size: int, device: str, max_length: int, stride: int,
-                 threads: int, answers: Path | None = None) -> float:
+                 threads: int, answers: Path | None = None, bf16: bool = False) -> float:
     """rows/s of transformers' question-answering pipeline, in ``python`` (a transformers 4.x environment:
     transformers 5 removed that pipeline); ``answers``: also write its answers there (JSON list)."""
     cmd = [python, __file__, "--_qa-peer", "--model-dir", str(model_dir), "--lake", str(rows), "--batch-size",
            str(batch_size), "--device", device, "--max-length", str(max_length), "--stride", str(stride),
-           "--threads", str(threads)] + (["--out", str(answers)] if answers else [])
+           "--threads", str(threads)] + (["--out", str(answers)] if answers else []) + (["--peer-bf16"] if bf16 else [])
     line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(line)["rows_per_s"]
 
@@ -451,7 +453,8 @@ def qa_peer_child(args) -> None:
         torch.set_num_threads(args.threads)
     table = pq.read_table(args.lake)
     questions, contexts = table["question"].to_pylist(), table["context"].to_pylist()
-    pipe = pipeline("question-answering", model=args.model_dir, tokenizer=args.model_dir, device=args.device)
+    pipe = pipeline("question-answering", model=args.model_dir, tokenizer=args.model_dir, device=args.device,
+                    **({"torch_dtype": torch.bfloat16} if args.peer_bf16 else {}))
     kw = dict(batch_size=args.batch_size, max_seq_len=args.max_length, doc_stride=args.stride, max_answer_len=30)
     pipe(question=questions[:8], context=contexts[:8], **kw)  # warm-up
     t0 = time.perf_counter()
@@ -539,10 +542,11 @@ def bench_head(head: str, args, work: Path) -> dict:
     for r in range(args.repeats):
         for bs in args.peer_batch_sizes:
             if head == "token":
-                rate = time_peer_token(model_dir, texts, bs, device)
+                rate = time_peer_token(model_dir, texts, bs, device, args.peer_bf16)
             else:
                 rate = time_peer_qa(args.qa_peer_python, model_dir, rows_file, bs, device, 384, 128, args.threads,
-                                    peer_answers if r == 0 and bs == args.peer_batch_sizes[0] else None)
+                                    peer_answers if r == 0 and bs == args.peer_batch_sizes[0] else None,
+                                    args.peer_bf16)
             peer[bs].append(rate)
             print(f"  [{head}] repeat {r}: peer bs={bs}: {rate:,.1f} rows/s", flush=True)
         for b, cap in variants:
@@ -561,6 +565,7 @@ def bench_head(head: str, args, work: Path) -> dict:
         "peer": ("transformers pipeline('token-classification', aggregation_strategy='simple')" if head == "token"
                  else "transformers 4.x pipeline('question-answering') (removed in transformers 5)"),
         "peer_cpu_threads": args.threads or torch.get_num_threads(),
+        "peer_dtype": "bfloat16" if args.peer_bf16 else "float32",
         "ours_cpu_threads": cpu_threads(ScoreConfig(cpu_threads=args.threads)),
         "ours_backend": first[0], "ours_max_batch_tokens": first[1],  # None: the default
         **rates(peer, ours[first]),
@@ -636,8 +641,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peer-batch-sizes", default="64,256")
     ap.add_argument("--ours-batch-tokens", default="",
                     help="comma-separated score.max_batch_tokens values to time ours with (default: the default)")
+    ap.add_argument("--peer-bf16", action="store_true",
+                    help="token/qa heads on a CPU: run the pipeline in bf16 too (as ours with --ours-backends torch-bf16)")
     ap.add_argument("--ours-backends", default="torch",
-                    help="token/qa heads: comma-separated score.backend values to time (torch, onnx, onnx-int8)")
+                    help="token/qa heads: comma-separated score.backend values to time (torch, torch-bf16, onnx, "
+                         "onnx-int8)")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads for both (0: peer keeps torch's default, ours its own: every usable core)")

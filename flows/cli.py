@@ -232,8 +232,8 @@ def score(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt
           overwrite: Annotated[bool, typer.Option(
               "--overwrite", help="Replace an output that holds another input's results (else refused).")] = False,
           backend: Annotated[Optional[str], typer.Option(
-              help="torch (default), onnx or onnx-int8: ONNX Runtime on the CPU (int8: several times faster), "
-                   "after a parity gate against torch fp32.")] = None,
+              help="torch (default); torch-bf16 (bf16 weights, on CPUs with native bf16); onnx or onnx-int8 "
+                   "(ONNX Runtime on the CPU). All but torch pass a parity gate against torch fp32 first.")] = None,
           run_name: RunNameOpt = None, quiet: QuietOpt = False, log_format: LogFormatOpt = "text",
           log_interval: LogIntervalOpt = 30.0) -> None:
     """Score a Parquet lake (score.input) with the fine-tuned model or score.model_uri; writes Parquet, exactly once."""

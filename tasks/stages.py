@@ -202,6 +202,7 @@ def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> S
     (:mod:`tasks.onnx_cache`); a failed parity gate still logs its figures to the run.
     """
     from bertflow.bert_core.errors import ParityError
+    from bertflow.bert_core.score.config import ONNX_BACKENDS
     from bertflow.bert_core.score.stage import run
     from bertflow.tasks import onnx_cache
     from bertflow.tasks.models import pin_model, resolve_model
@@ -214,7 +215,7 @@ def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> S
     def body(m, p):
         model_dir = resolve_model(ref.pinned, ctx.workspace, ctx.tracking_uri)
         used["model_dir"] = model_dir
-        if cfg.backend != "torch":
+        if cfg.backend in ONNX_BACKENDS:
             used["fetched"] = onnx_cache.fetch(ref, model_dir, cache, cfg.backend, ctx.tracking_uri)
         try:
             return run(cfg, model_dir, out_dir, model_uri=ref.uri, model_version=ref.version, on_progress=p,
@@ -224,7 +225,7 @@ def score(ctx: TrackingContext, cfg: ScoreConfig, model: str, out_dir: str) -> S
             raise
 
     summary = run_stage("score", ctx, cfg, body, out_dir, inputs={"model": ref.pinned, "lake": cfg.input})
-    if cfg.backend != "torch" and not summary.reused and "model_dir" in used:
+    if cfg.backend in ONNX_BACKENDS and not summary.reused and "model_dir" in used:
         if used.get("fetched"):
             tracking.set_tags(ctx.tracking_uri, summary.run_id, {"bertflow.onnx_source": used["fetched"]})
         else:

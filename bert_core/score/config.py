@@ -79,18 +79,19 @@ class ScoreConfig(Config):
     cpu_threads: int = Field(
         0, ge=0, description="torch (and ONNX Runtime) threads while scoring on CPU; 0: every core this process "
                              "may use")
-    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        "torch", description="What runs the model: torch (any device), or ONNX Runtime on the CPU: onnx (fp32) or "
-                             "onnx-int8 (linear layers quantized to int8; several times faster on CPUs). The ONNX "
-                             "backends pass a parity gate against torch fp32 before scoring anything")
+    backend: Literal["torch", "torch-bf16", "onnx", "onnx-int8"] = Field(
+        "torch", description="What runs the model: torch (any device); torch-bf16 (torch with bf16 weights on a CPU "
+                             "that multiplies bf16 natively: AVX-512 BF16 or AMX; about 2x fp32 there); or ONNX "
+                             "Runtime on the CPU: onnx (fp32) or onnx-int8 (linear layers quantized to int8). All "
+                             "but torch pass a parity gate against torch fp32 before scoring anything")
     parity_rows: int = Field(
-        512, ge=1, description="onnx backends: rows of the parity gate's slice (the fine-tune's labelled validation "
+        512, ge=1, description="gated backends: rows of the parity gate's slice (the fine-tune's labelled validation "
                                "set beside the model when there is one, else the first rows of the input)")
     max_metric_drop: float = Field(
-        1.0, ge=0, description="onnx backends: refuse to score when the gate's metric (accuracy, in points) falls "
+        1.0, ge=0, description="gated backends: refuse to score when the gate's metric (accuracy, in points) falls "
                                "more than this below torch fp32's (only when the slice has labels)")
     min_agreement: float = Field(
-        0.97, ge=0, le=1, description="onnx backends: refuse to score when fewer than this share of the gate's "
+        0.97, ge=0, le=1, description="gated backends: refuse to score when fewer than this share of the gate's "
                                       "predictions equal torch fp32's (flips near the decision boundary are normal)")
     non_string_text: Literal["error", "cast"] = Field(
         "error", description="A non-string text column: a per-row error, or cast numbers to text")
@@ -175,9 +176,12 @@ class ScoreConfig(Config):
     def _onnx_runs_on_the_cpu(cls, backend: str, info: ValidationInfo) -> str:
         device = info.data.get("device", "auto")
         if backend != "torch" and device not in ("auto", "cpu"):
-            raise ValueError(f"{backend} runs on the CPU (ONNX Runtime's CPU provider), but score.device is "
+            raise ValueError(f"{backend} runs on the CPU, but score.device is "
                              f"{device!r}: set score.device to cpu or auto, or score.backend to torch")
         return backend
+
+
+ONNX_BACKENDS = ("onnx", "onnx-int8")  # the backends whose model is an exported file in the cache folder
 
 
 CPU_BATCH_TOKENS = 1024  # benchmarks/RESULTS.md: 1.2-1.75x the rows/s of 8192 on every head (2-core CPU)

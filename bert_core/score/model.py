@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertflow.bert_core.errors import InputError
+from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
-from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.config import ONNX_BACKENDS, ScoreConfig
 from bertflow.bert_core.score.heads import Head, auto_class, head_name, make_head
 from bertflow.bert_core.stageio import model_dir_digest
 
@@ -52,7 +52,7 @@ class Classifier:
     meta: dict = field(default_factory=dict)  # bertflow's export marker (task, thresholds), or what config.json says
     unk_id: int | None = None
     derived: dict = field(default_factory=dict)  # what heads build from the model once (tokenizer copies), by key
-    backend: str = "torch"  # score.backend: torch, onnx or onnx-int8
+    backend: str = "torch"  # score.backend: torch, torch-bf16, onnx or onnx-int8
 
     @property
     def precision(self) -> str:
@@ -113,11 +113,14 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig, cache_dir: str | Pa
     (``stage.run`` runs it before any file): this only loads.
     """
     model_dir = _checked_dir(model_dir, cfg)
-    onnx = cfg.backend != "torch"
+    onnx = cfg.backend in ONNX_BACKENDS
     if onnx and cache_dir is None:
         raise ValueError(f"score.backend {cfg.backend} needs a cache folder for its ONNX files (cache_dir)")
-    device = torch.device("cpu") if onnx else resolve_device(cfg.device)
+    device = torch.device("cpu") if cfg.backend != "torch" else resolve_device(cfg.device)
     dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
+    if cfg.backend == "torch-bf16":
+        _require_native_bf16()
+        dtype = torch.bfloat16
     fingerprint = model_dir_digest(model_dir)
     base = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length, cfg.head)
     key = (*base, cfg.backend, (cpu_threads(cfg), str(Path(cache_dir).resolve())) if onnx else None)
@@ -132,6 +135,15 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig, cache_dir: str | Pa
         _cache[key] = clf
     make_head(cfg, _cache[key])  # a cached model too: settings its head cannot honour fail here, before any file
     return _cache[key]
+
+
+def _require_native_bf16() -> None:
+    """Emulated bf16 (a CPU without AVX-512 BF16 or AMX) is slower than fp32: refuse rather than slow down."""
+    from bertflow.bert_core.finetune.model import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        raise ConfigError("score.backend torch-bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where "
+                          "bf16 runs slower than fp32; use score.backend torch, or onnx-int8")
 
 
 def check_model(model_dir: str | Path, cfg: ScoreConfig) -> None:
@@ -203,7 +215,7 @@ def _load(model_dir: Path, cfg: ScoreConfig, device: torch.device, dtype: torch.
         max_chars=max_length * _CHARS_PER_TOKEN_CAP, pad_id=pad_id,
         pad_multiple=8 if device.type == "cuda" else 1, hidden_size=int(config.hidden_size),
         uses_token_types=uses_types, fingerprint=fingerprint, head=head, meta=read_meta(model_dir),
-        unk_id=hf_tok.unk_token_id,
+        unk_id=hf_tok.unk_token_id, backend="torch-bf16" if cfg.backend == "torch-bf16" else "torch",
     )
     make_head(cfg, clf)  # settings this head cannot honour fail here, once, before any file
     clf.mask_4d = _accepts_4d_mask(clf, int(getattr(config, "vocab_size", 100)))

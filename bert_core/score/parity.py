@@ -1,4 +1,5 @@
-"""The parity gate: an ONNX backend scores nothing until it has matched torch fp32 on a validation slice.
+"""The parity gate: a backend other than torch fp32 (``torch-bf16``, ``onnx``, ``onnx-int8``) scores nothing
+until it has matched torch fp32 on a validation slice.
 
 The slice is the fine-tune's labelled validation set when ``predictions.parquet`` sits beside
 the model (sequence models), else the first ``score.parity_rows`` rows of the input. Both
@@ -13,7 +14,8 @@ It refuses (:class:`ParityError`, with the figures) when the drop exceeds
 ``score.max_metric_drop`` or agreement falls below ``score.min_agreement``. Flips near the
 decision boundary are normal for int8 and mostly cancel in the metric, so agreement alone
 must not be set near 1.0. The figures are cached beside the ONNX file they were measured on
-(bound to its digest), so a rerun does not measure again; the thresholds are applied anew.
+(bound to its digest; for ``torch-bf16``, in the model's cache folder, bound to torch's version), so a
+rerun does not measure again; the thresholds are applied anew.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from bertflow.bert_core.configtools import evolve
 from bertflow.bert_core.errors import ParityError
-from bertflow.bert_core.score.config import ScoreConfig
+from bertflow.bert_core.score.config import ONNX_BACKENDS, ScoreConfig
 from bertflow.bert_core.score.results import FileJob
 from bertflow.bert_core.stageio import atomic_write_bytes, file_digest, model_dir_digest
 
@@ -126,11 +128,14 @@ def gate(cfg: ScoreConfig, model_dir: str | Path, cache_dir: str | Path, jobs: l
         return None
     folder = model_folder(cache_dir, model_dir_digest(model_dir))
     settings = [cfg.backend, head, cfg.max_length, cfg.stride, cfg.max_windows, cfg.non_string_text, piece.digest()]
+    if cfg.backend == "torch-bf16":
+        settings.append(torch.__version__)  # its arithmetic is torch's kernels: a new torch measures again
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     verdict = folder / f"parity-{cfg.backend}-{key[:16]}.json"
     parity = _read(verdict, folder)
     if parity is None:
         parity = measure(cfg, model_dir, cache_dir, piece, head)
+        folder.mkdir(parents=True, exist_ok=True)  # torch-bf16 exports nothing that would have made it
         atomic_write_bytes(verdict, json.dumps(asdict(parity), indent=2, sort_keys=True).encode())
     problems = parity.problems(cfg)
     if problems:
@@ -185,7 +190,10 @@ def measure(cfg: ScoreConfig, model_dir: str | Path, cache_dir: str | Path, piec
 
     torch_cfg = evolve(cfg, backend="torch", device="cpu")
     ref = load_classifier(model_dir, torch_cfg)
-    cand = onnx_classifier(ref, cfg.backend, cache_dir, cpu_threads(cfg))
+    if cfg.backend == "torch-bf16":
+        cand = load_classifier(model_dir, cfg)
+    else:
+        cand = onnx_classifier(ref, cfg.backend, cache_dir, cpu_threads(cfg))
     ref_head, cand_head = make_head(torch_cfg, ref), make_head(cfg, cand)
     n = piece.rows
     row_pred = {"fp32": np.full(n, -1), "backend": np.full(n, -1)}
@@ -221,7 +229,7 @@ def measure(cfg: ScoreConfig, model_dir: str | Path, cache_dir: str | Path, piec
     return Parity(backend=cfg.backend, source=piece.source, rows=int(scored.sum()), units=units,
                   agreement=agree / units if units else 1.0, max_abs_delta=float(delta.max()),
                   mean_abs_delta=float(delta.mean()), metric=metric, metric_fp32=fp32, metric_backend=ours,
-                  onnx_digest=_digest(cand.model.path))
+                  onnx_digest=_digest(cand.model.path) if cfg.backend in ONNX_BACKENDS else "")
 
 
 def _units(head: str, arrays: tuple[np.ndarray, ...], mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +260,8 @@ def _read(path: Path, folder: Path) -> Parity | None:
         parity = Parity(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
+    if parity.backend == "torch-bf16":
+        return parity  # no file of its own: the folder is the model's digest, the name holds torch's version
     onnx_file = folder / FILES[parity.backend] if parity.backend in FILES else None
     if onnx_file is None or not onnx_file.is_file() or not is_current(folder):
         return None

@@ -147,7 +147,7 @@ def run(cfg: ScoreConfig, model_dir: str | Path, out_dir: str | Path | Location,
     the next run tries it again.
 
     ``score.backend`` onnx / onnx-int8: the model is exported (and quantized) into
-    ``cache_dir`` (a local folder; None: a temporary one for this run) and must pass the
+    ``cache_dir`` (a local folder; None: a temporary one for this run); they and torch-bf16 must pass the
     parity gate (:mod:`bert_core.score.parity`) before any file is scored; its figures go
     into the manifest and the metrics.
     """
