@@ -66,8 +66,10 @@ def test_token_and_qa_heads_on_bf16(native_bf16, head, tmp_path):
                  tmp_path / "bf16", cache_dir=tmp_path / "cache")
     assert result.metrics["rows_scored"] == 40 and result.details["parity"]["units"] > 40  # tokens / answer windows
     assert result.metrics["parity_agreement"] >= 0.5
-    got = read_scored(tmp_path / "bf16")
-    assert got.num_rows == 40 and got["error"].null_count == 40
+    run(score_cfg(tmp_path / "in.parquet", **common), model, tmp_path / "fp32")
+    got, ref = read_scored(tmp_path / "bf16").sort_by("id"), read_scored(tmp_path / "fp32").sort_by("id")
+    assert got["id"].to_pylist() == list(range(40)) and got["error"].to_pylist() == ref["error"].to_pylist()
+    assert read_manifest(tmp_path / "bf16", "score")["dtype"] == "bfloat16"
 
 
 def test_bf16_needs_a_cpu_with_native_bf16(monkeypatch, tiny_model, tmp_path):
