@@ -469,7 +469,10 @@ def qa_peer_child(args) -> None:
 
 def time_ours_head(model_dir: Path, lake: Path, work: Path, tag: str, collect: list | None = None,
                    **settings) -> tuple[float, dict]:
-    """rows/s of ours on ``lake``; ``collect``: append the output table (rows sorted by ``id``)."""
+    """rows/s of ours on ``lake``; ``collect``: append the output table (rows sorted by ``id``).
+
+    Backends other than torch keep their files and parity figures in one cache folder for all runs, as
+    a workspace does (``<workspace>/score/.onnx``): the warm-up run exports and gates, timed runs reuse."""
     import pyarrow.dataset as pads
 
     from bertflow.bert_core.score.config import ScoreConfig
@@ -478,7 +481,7 @@ def time_ours_head(model_dir: Path, lake: Path, work: Path, tag: str, collect: l
     out = work / f"out-{tag}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    result = run(ScoreConfig(input=str(lake), **settings), model_dir, out)
+    result = run(ScoreConfig(input=str(lake), **settings), model_dir, out, cache_dir=work / "backend-cache")
     seconds = time.perf_counter() - t0
     if collect is not None:
         collect.append(pads.dataset(str(out), format="parquet", exclude_invalid_files=True).to_table().sort_by("id"))

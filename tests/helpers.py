@@ -406,6 +406,19 @@ def corpus_texts(corpus: Path) -> list[str]:
     return corpus_column(corpus, "text")
 
 
+def head_lake(path: Path, head: str, rows: int = 40, seed: int = 7) -> Path:
+    """One Parquet file of ``rows`` filler texts of 3-30 words for a ``token`` head (``text``) or a ``qa``
+    head (``question``, ``context``), with an ``id`` column."""
+    import random
+
+    rng = random.Random(seed)
+    words = [" ".join(rng.choice(FILLER + ["alice", "paris", "bob"]) for _ in range(rng.randint(3, 30)))
+             for _ in range(rows)]
+    data = {"id": list(range(rows)), "text": words} if head == "token" else \
+        {"id": list(range(rows)), "question": [w[:20] + "?" for w in words], "context": words[::-1]}
+    return write_parquet(path, data)
+
+
 def write_parquet(path: Path, table: dict | pa.Table) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table if isinstance(table, pa.Table) else pa.table(table), path)

@@ -6,7 +6,6 @@ On a CPU without native bf16 the backend is refused; the tests that score say th
 
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from bertflow.bert_core.errors import ConfigError
 from bertflow.bert_core.score.onnx_export import model_folder
 from bertflow.bert_core.score.stage import run
 from bertflow.bert_core.stageio import model_dir_digest, read_manifest
-from tests.helpers import FILLER, build_tiny_head, read_scored, score_cfg, topic_rows, write_parquet
+from tests.helpers import build_tiny_head, head_lake, read_scored, score_cfg, topic_rows, write_parquet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,12 +54,7 @@ def test_bf16_passes_the_gate_scores_like_fp32_and_runs_exactly_once(native_bf16
 @pytest.mark.parametrize("head", ["token", "qa"])
 def test_token_and_qa_heads_on_bf16(native_bf16, head, tmp_path):
     model = build_tiny_head(tmp_path / "model", head)
-    rng = random.Random(7)
-    words = [" ".join(rng.choice(FILLER + ["alice", "paris", "bob"]) for _ in range(rng.randint(3, 30)))
-             for _ in range(40)]
-    data = {"id": list(range(40)), "text": words} if head == "token" else \
-        {"id": list(range(40)), "question": [w[:20] + "?" for w in words], "context": words[::-1]}
-    write_parquet(tmp_path / "in.parquet", data)
+    head_lake(tmp_path / "in.parquet", head)
     common = dict(max_length=24, stride=4) if head == "qa" else dict(max_length=16, stride=4)
     result = run(score_cfg(tmp_path / "in.parquet", backend="torch-bf16", min_agreement=0.5, **common), model,
                  tmp_path / "bf16", cache_dir=tmp_path / "cache")

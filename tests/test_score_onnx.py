@@ -22,7 +22,7 @@ from bertflow.bert_core.errors import ConfigError, ParityError
 from bertflow.bert_core.score.onnx_export import model_folder
 from bertflow.bert_core.score.stage import run
 from bertflow.bert_core.stageio import model_dir_digest, read_manifest
-from tests.helpers import (FILLER, build_tiny_head, make_lake, read_scored, score_cfg, topic_rows,
+from tests.helpers import (build_tiny_head, head_lake, make_lake, read_scored, score_cfg, topic_rows,
                            write_parquet)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -126,15 +126,8 @@ def test_a_broken_int8_model_is_refused_with_its_figures(minilm_classifier, tmp_
 
 @pytest.mark.parametrize("head", ["token", "qa"])
 def test_token_and_qa_heads_score_the_same_on_onnx(head, tmp_path):
-    import random
-
     model = build_tiny_head(tmp_path / "model", head)
-    rng = random.Random(7)
-    words = [" ".join(rng.choice(FILLER + ["alice", "paris", "bob"]) for _ in range(rng.randint(3, 30)))
-             for _ in range(40)]
-    data = {"id": list(range(40)), "text": words} if head == "token" else \
-        {"id": list(range(40)), "question": [w[:20] + "?" for w in words], "context": words[::-1]}
-    write_parquet(tmp_path / "in.parquet", data)
+    head_lake(tmp_path / "in.parquet", head)
     common = dict(max_length=24, stride=4) if head == "qa" else dict(max_length=16, stride=4, aggregation="first")
     run(score_cfg(tmp_path / "in.parquet", **common), model, tmp_path / "torch")
     run(score_cfg(tmp_path / "in.parquet", backend="onnx", **common), model, tmp_path / "onnx",
