@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_finetune import TASKS, build_config, default_model_dir, device_name, subsample  # noqa: E402
 
 from bertflow.bert_core.configtools import evolve  # noqa: E402
-from bertflow.bert_core.finetune.model import cpu_has_native_bf16  # noqa: E402
+from bertflow.bert_core.cpu_bf16 import cpu_has_native_bf16  # noqa: E402
 from bertflow.bert_core.finetune.stage import run  # noqa: E402
 
 

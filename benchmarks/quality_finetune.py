@@ -35,7 +35,7 @@ import numpy as np
 from bertflow.bert_core.configtools import apply_overrides, evolve, from_dict, to_dict
 from bertflow.bert_core.finetune.config import FinetuneConfig
 from bertflow.bert_core.finetune.examples import TaggedExamples
-from bertflow.bert_core.finetune.model import cpu_has_native_bf16
+from bertflow.bert_core.cpu_bf16 import cpu_has_native_bf16
 from bertflow.bert_core.finetune.readers import read_examples
 from bertflow.bert_core.finetune.stage import run
 

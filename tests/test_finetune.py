@@ -271,7 +271,7 @@ def test_autocast_path_recomputes_final_figures_in_fp32(tiny_bert, tmp_path, mon
     figures and predictions come from an fp32 pass, so the export reproduces them."""
     from bertflow.bert_core.finetune import model as model_mod
 
-    monkeypatch.setattr(model_mod, "cpu_has_native_bf16", lambda: True)  # emulated where it is not: slower, same
+    monkeypatch.setattr("bertflow.bert_core.cpu_bf16.cpu_has_native_bf16", lambda: True)  # emulated where it is not: slower, same
     calls = []
     real_autocast = model_mod.autocast
 
@@ -308,10 +308,10 @@ def test_cpu_bf16_needs_a_cpu_with_native_bf16(monkeypatch):
     from bertflow.bert_core.finetune import model as model_mod
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(model_mod, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("bertflow.bert_core.cpu_bf16.cpu_has_native_bf16", lambda: True)
     assert model_mod.autocast_dtype(cpu, False, cpu_bf16=True) is torch.bfloat16
     assert model_mod.autocast_dtype(cpu, True, cpu_bf16=False) is None
-    monkeypatch.setattr(model_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("bertflow.bert_core.cpu_bf16.cpu_has_native_bf16", lambda: False)
     with pytest.raises(ConfigError, match="finetune.cpu_bf16.*no native bf16"):
         model_mod.autocast_dtype(cpu, True, cpu_bf16=True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def native_bf16(monkeypatch):
-    monkeypatch.setattr("bertflow.bert_core.finetune.model.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("bertflow.bert_core.cpu_bf16.cpu_has_native_bf16", lambda: True)
 
 
 def test_bf16_passes_the_gate_scores_like_fp32_and_runs_exactly_once(native_bf16, minilm_classifier, tmp_path):
@@ -71,7 +71,7 @@ def test_bf16_needs_a_cpu_with_native_bf16(monkeypatch, tiny_model, tmp_path):
 
     with pytest.raises(ConfigError, match="score.backend.*torch-bf16 runs on the CPU.*score.device is 'cuda'"):
         ScoreConfig(device="cuda", backend="torch-bf16")
-    monkeypatch.setattr("bertflow.bert_core.finetune.model.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("bertflow.bert_core.cpu_bf16.cpu_has_native_bf16", lambda: False)
     write_parquet(tmp_path / "in.parquet", {"id": [0, 1], "text": ["alice went to paris", "bob"]})
     with pytest.raises(ConfigError, match="torch-bf16: this CPU has no native bf16"):
         run(score_cfg(tmp_path / "in.parquet", backend="torch-bf16"), tiny_model, tmp_path / "out",

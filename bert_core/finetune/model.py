@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from bertflow.bert_core.cpu_bf16 import require_native_bf16
 from bertflow.bert_core.errors import ConfigError, InputError
 from bertflow.bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
 
@@ -44,20 +45,13 @@ def resolve_device(spec: str) -> torch.device:
 
 def autocast_dtype(device: torch.device, bf16: bool, cpu_bf16: bool = False) -> torch.dtype | None:
     """bf16 autocast on CUDA devices that support it (``bf16``) and, asked for by ``cpu_bf16``, on CPUs with
-    native bf16 matmuls (AVX-512 BF16, AMX); None (fp32) everywhere else. Elsewhere CPU bf16 is emulated and
-    slower than fp32, hence the error rather than a quiet slowdown."""
+    native bf16 matmuls (AVX-512 BF16, AMX; an error on other CPUs); None (fp32) everywhere else."""
     if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     if cpu_bf16 and device.type == "cpu":
-        if not cpu_has_native_bf16():
-            raise ConfigError("finetune.cpu_bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 "
-                              "trains slower than fp32; set it false")
+        require_native_bf16("finetune.cpu_bf16", "set it false")
         return torch.bfloat16
     return None
-
-
-def cpu_has_native_bf16() -> bool:
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

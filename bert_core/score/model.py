@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertflow.bert_core.errors import ConfigError, InputError
+from bertflow.bert_core.cpu_bf16 import require_native_bf16
+from bertflow.bert_core.errors import InputError
 from bertflow.bert_core.safeload import hf_model_kwargs, load_error, load_errors, require_safe_weights
 from bertflow.bert_core.score.config import ONNX_BACKENDS, ScoreConfig
 from bertflow.bert_core.score.heads import Head, auto_class, head_name, make_head
@@ -119,7 +120,7 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig, cache_dir: str | Pa
     device = torch.device("cpu") if cfg.backend != "torch" else resolve_device(cfg.device)
     dtype = torch.bfloat16 if (device.type == "cuda" and cfg.bf16 and torch.cuda.is_bf16_supported()) else torch.float32
     if cfg.backend == "torch-bf16":
-        _require_native_bf16()
+        require_native_bf16("score.backend torch-bf16", "use score.backend torch, or onnx-int8")
         dtype = torch.bfloat16
     fingerprint = model_dir_digest(model_dir)
     base = (str(model_dir.resolve()), fingerprint, str(device), dtype, cfg.max_length, cfg.head)
@@ -135,15 +136,6 @@ def load_classifier(model_dir: str | Path, cfg: ScoreConfig, cache_dir: str | Pa
         _cache[key] = clf
     make_head(cfg, _cache[key])  # a cached model too: settings its head cannot honour fail here, before any file
     return _cache[key]
-
-
-def _require_native_bf16() -> None:
-    """Emulated bf16 (a CPU without AVX-512 BF16 or AMX) is slower than fp32: refuse rather than slow down."""
-    from bertflow.bert_core.finetune.model import cpu_has_native_bf16
-
-    if not cpu_has_native_bf16():
-        raise ConfigError("score.backend torch-bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where "
-                          "bf16 runs slower than fp32; use score.backend torch, or onnx-int8")
 
 
 def check_model(model_dir: str | Path, cfg: ScoreConfig) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,7 @@ class Parity:
     metric: str | None = None  # "accuracy" when the slice has labels
     metric_fp32: float | None = None
     metric_backend: float | None = None
-    onnx_digest: str = ""  # the file these figures belong to
+    bound_to: str = ""  # what computed them: the ONNX file's digest, or torch's version for torch-bf16
 
     @property
     def metric_drop(self) -> float | None:
@@ -128,13 +128,11 @@ def gate(cfg: ScoreConfig, model_dir: str | Path, cache_dir: str | Path, jobs: l
         return None
     folder = model_folder(cache_dir, model_dir_digest(model_dir))
     settings = [cfg.backend, head, cfg.max_length, cfg.stride, cfg.max_windows, cfg.non_string_text, piece.digest()]
-    if cfg.backend == "torch-bf16":
-        settings.append(torch.__version__)  # its arithmetic is torch's kernels: a new torch measures again
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     verdict = folder / f"parity-{cfg.backend}-{key[:16]}.json"
     parity = _read(verdict, folder)
     if parity is None:
-        parity = measure(cfg, model_dir, cache_dir, piece, head)
+        parity = replace(measure(cfg, model_dir, cache_dir, piece, head), bound_to=_bound_to(cfg.backend, folder))
         folder.mkdir(parents=True, exist_ok=True)  # torch-bf16 exports nothing that would have made it
         atomic_write_bytes(verdict, json.dumps(asdict(parity), indent=2, sort_keys=True).encode())
     problems = parity.problems(cfg)
@@ -228,8 +226,7 @@ def measure(cfg: ScoreConfig, model_dir: str | Path, cache_dir: str | Path, piec
             ours = float((row_pred["backend"][keep] == gold[keep]).mean() * 100)
     return Parity(backend=cfg.backend, source=piece.source, rows=int(scored.sum()), units=units,
                   agreement=agree / units if units else 1.0, max_abs_delta=float(delta.max()),
-                  mean_abs_delta=float(delta.mean()), metric=metric, metric_fp32=fp32, metric_backend=ours,
-                  onnx_digest=_digest(cand.model.path) if cfg.backend in ONNX_BACKENDS else "")
+                  mean_abs_delta=float(delta.mean()), metric=metric, metric_fp32=fp32, metric_backend=ours)
 
 
 def _units(head: str, arrays: tuple[np.ndarray, ...], mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -253,19 +250,23 @@ def _masked_softmax(logits: np.ndarray, real: np.ndarray) -> np.ndarray:
 
 
 def _read(path: Path, folder: Path) -> Parity | None:
-    """The cached figures, if they were measured on the ONNX file that is there now, built by these versions."""
-    from bertflow.bert_core.score.onnx_export import FILES, is_current
-
+    """The cached figures, if what computed them is still what would run (:func:`_bound_to`)."""
     try:
         parity = Parity(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
-    if parity.backend == "torch-bf16":
-        return parity  # no file of its own: the folder is the model's digest, the name holds torch's version
-    onnx_file = folder / FILES[parity.backend] if parity.backend in FILES else None
-    if onnx_file is None or not onnx_file.is_file() or not is_current(folder):
-        return None
-    return parity if parity.onnx_digest == _digest(onnx_file) else None
+    return parity if parity.bound_to and parity.bound_to == _bound_to(parity.backend, folder) else None
+
+
+def _bound_to(backend: str, folder: Path) -> str:
+    """What computes ``backend``'s outputs for the model in ``folder``: its ONNX file (digest; "" when missing
+    or built by other versions), or, for torch-bf16, torch's own kernels (its version)."""
+    from bertflow.bert_core.score.onnx_export import FILES, is_current
+
+    if backend not in ONNX_BACKENDS:
+        return f"torch {torch.__version__}"
+    onnx_file = folder / FILES[backend]
+    return _digest(onnx_file) if onnx_file.is_file() and is_current(folder) else ""
 
 
 _digests: dict[tuple, str] = {}
