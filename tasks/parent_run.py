@@ -31,7 +31,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "vocab": ("vocab_size", "unk_rate", "tokens_per_word"),
     "mask": ("sequences", "tokens", "tokens_per_s"),
     "pretrain": ("final_loss", "mlm_accuracy", "nsp_accuracy", "steps", "tokens_per_s"),
-    "finetune": ("accuracy", "macro_f1", "entity_f1", "token_accuracy", "best_epoch"),
+    "finetune": ("accuracy", "macro_f1", "entity_f1", "piece_entity_f1", "token_accuracy", "best_epoch"),
     "distill": ("accuracy", "entity_f1", "teacher_eval_metric", "agreement_with_teacher", "compression", "speedup"),
     "score": ("rows_scored", "rows_error", "files_failed", "rows_per_s"),
 }

@@ -133,6 +133,32 @@ def test_token_classification_learns_entities(ner_run):
     assert set(result.details["label_map"]) == {"B-LOC", "B-PER", "I-LOC", "I-PER", "O"}
 
 
+def test_piece_level_figure_is_what_simple_aggregation_reaches(ner_run):
+    """Trained on every piece (the default), the stage also reports entity figures over every piece:
+    exactly the F1 of the spans transformers' pipeline(aggregation_strategy="simple") finds in the
+    validation sentences written out as text, which reads the model piece by piece."""
+    from transformers import pipeline
+
+    from bertflow.bert_core.finetune.metrics import get_entities
+
+    _, result = ner_run
+    model_dir = result.details["model_dir"]
+    rows = pq.read_table(Path(result.path) / "predictions.parquet").to_pylist()
+    tok = pipeline("token-classification", model=model_dir, tokenizer=model_dir, aggregation_strategy="simple",
+                   device="cpu")
+    assert any(len(tok.tokenizer.tokenize(w)) > 1 for r in rows for w in r["words"])  # some words have later pieces
+    gold, found = [], []
+    for r in rows:
+        starts = np.cumsum([0] + [len(w) + 1 for w in r["words"]])
+        gold.append({(t, int(starts[s]), int(starts[e]) + len(r["words"][e])) for t, s, e in get_entities(r["tags"])})
+        found.append({(e["entity_group"], e["start"], e["end"]) for e in tok(" ".join(r["words"]))})
+    tp, n_pred, n_gold = sum(len(g & f) for g, f in zip(gold, found)), sum(map(len, found)), sum(map(len, gold))
+    assert result.metrics["piece_entity_f1"] == pytest.approx(2 * tp / (n_pred + n_gold), abs=1e-9)
+    assert result.metrics["piece_entity_precision"] == pytest.approx(tp / n_pred, abs=1e-9)
+    assert json.loads((Path(result.path) / "metrics.json").read_text())["metrics"]["piece_entity_f1"] == \
+        result.metrics["piece_entity_f1"]
+
+
 def test_token_export_predicts_the_same_per_word(ner_run):
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 

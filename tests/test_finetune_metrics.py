@@ -117,3 +117,29 @@ def test_get_entities_equals_seqeval_on_random_flat_sequences():
         for _ in range(500):
             seq = [str(x) for x in rng.choice(tags, size=int(rng.integers(0, 12)))]
             assert get_entities(seq) == seqeval_entities(seq), seq
+
+
+def test_piece_level_figures_split_a_word_whose_pieces_disagree():
+    """Per word the first piece decides (right here); per piece a disagreeing later piece splits the entity."""
+    import numpy as np
+
+    from bertflow.bert_core.finetune.evaluate import evaluate
+    from bertflow.bert_core.finetune.examples import TaggedExamples
+    from bertflow.bert_core.finetune.infer import TokenOutputs
+
+    names = ["B-LOC", "B-ORG", "I-LOC", "I-ORG", "O"]
+    ids = {n: i for i, n in enumerate(names)}
+    words = [["Kansai", "Electric", "rose"]]  # pieces: kan ##sai electric rose
+    examples = TaggedExamples(words, [["B-ORG", "I-ORG", "O"]])
+    outputs = TokenOutputs(
+        pred=[np.array([ids["B-ORG"], ids["I-ORG"], ids["O"]])], score=[np.ones(3, np.float32)],
+        piece_gold=[np.array([ids[t] for t in ("B-ORG", "I-ORG", "I-ORG", "O")])],
+        piece_pred=[np.array([ids[t] for t in ("B-ORG", "I-LOC", "I-ORG", "O")])])
+    per_word = evaluate(examples, outputs, names).metrics
+    assert per_word["entity_f1"] == 1.0 and "piece_entity_f1" not in per_word
+    both = evaluate(examples, outputs, names, piece_level=True).metrics
+    assert both["entity_f1"] == 1.0
+    # pieces: ORG(kan) LOC(##sai) ORG(electric) against gold ORG(kan..electric): nothing right
+    assert (both["piece_entity_precision"], both["piece_entity_recall"], both["piece_entity_f1"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="labelled pieces"):
+        evaluate(examples, TokenOutputs(outputs.pred, outputs.score), names, piece_level=True)

@@ -120,7 +120,7 @@ def run(
 
         def evaluate_with(m, dtype) -> Evaluation:
             outputs = infer(m, valid_enc, data_cfg.eval_batch_size, device, dtype, pad_id, missing_id)
-            return evaluate(data.valid, outputs, names)
+            return evaluate(data.valid, outputs, names, piece_level=continuation is not None)
 
         teacher_eval = evaluate_with(teacher, None)
         loss = DistillLoss(teacher, cfg.temperature, cfg.alpha, cfg.hidden_weight, layer_map)

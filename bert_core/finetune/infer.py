@@ -29,6 +29,10 @@ class SpanOutputs:
 class TokenOutputs:
     pred: list[np.ndarray]  # per example, one label id per word
     score: list[np.ndarray]  # per example, probability of each word's label (0 for words lost to truncation)
+    # Per example, gold and predicted label ids of every labelled piece (the training labels: first pieces,
+    # and later pieces too under ``label_pieces: all``); None when the encoding carries no labels.
+    piece_gold: list[np.ndarray] | None = None
+    piece_pred: list[np.ndarray] | None = None
 
 
 @torch.no_grad()
@@ -55,6 +59,9 @@ def infer(
     seq_probs = np.zeros((n, num_labels), dtype=np.float32) if not token_task else None
     tok_pred: list[np.ndarray | None] = [None] * n
     tok_score: list[np.ndarray | None] = [None] * n
+    pieces = token_task and enc.labels is not None
+    piece_gold: list[np.ndarray | None] = [None] * n
+    piece_pred: list[np.ndarray | None] = [None] * n
     try:
         for idx in sorted_batches(enc.lengths, batch_size):
             batch = collate(enc, idx, pad_id, pad_multiple)
@@ -76,10 +83,16 @@ def infer(
                 p[ok] = pred[r, starts[ok]]
                 s[ok] = score[r, starts[ok]]
                 tok_pred[i], tok_score[i] = p, s
+                if pieces:
+                    gold = np.asarray(enc.labels[i], dtype=np.int64)
+                    labelled = gold >= 0  # not IGNORE (special tokens, unlabelled pieces) nor a negative no-gold tag
+                    piece_gold[i], piece_pred[i] = gold[labelled], pred[r, : len(gold)][labelled]
     finally:
         model.train(was_training)
     if token_task:
-        return TokenOutputs(tok_pred, tok_score)  # type: ignore[arg-type]
+        if not pieces:
+            return TokenOutputs(tok_pred, tok_score)  # type: ignore[arg-type]
+        return TokenOutputs(tok_pred, tok_score, piece_gold, piece_pred)  # type: ignore[arg-type]
     pred = seq_probs.argmax(axis=1)
     return SequenceOutputs(pred, seq_probs[np.arange(n), pred], seq_probs)
 

@@ -78,13 +78,13 @@ def run(
         tokenizer = load_tokenizer(base)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         missing_id = names.index("O") if "O" in names else 0
-        train_enc, valid_enc = encode_data(cfg.task, tokenizer, data, max_length, str(base),
-                                           continuation=piece_tags(cfg, names))
+        continuation = piece_tags(cfg, names)
+        train_enc, valid_enc = encode_data(cfg.task, tokenizer, data, max_length, str(base), continuation=continuation)
         model = build_model(base, cfg.task, names, cfg.allow_pickle_weights).to(device)
 
         def evaluate_with(m, dtype) -> Evaluation:
             outputs = infer(m, valid_enc, cfg.eval_batch_size, device, dtype, pad_id, missing_id)
-            return evaluate(data.valid, outputs, names)
+            return evaluate(data.valid, outputs, names, piece_level=continuation is not None)
 
         t_train = time.monotonic()
         outcome = train(
