@@ -144,14 +144,14 @@ def test_piece_level_figure_is_what_simple_aggregation_reaches(ner_run):
     _, result = ner_run
     model_dir = result.details["model_dir"]
     rows = pq.read_table(Path(result.path) / "predictions.parquet").to_pylist()
-    tok = pipeline("token-classification", model=model_dir, tokenizer=model_dir, aggregation_strategy="simple",
+    pipe = pipeline("token-classification", model=model_dir, tokenizer=model_dir, aggregation_strategy="simple",
                    device="cpu")
-    assert any(len(tok.tokenizer.tokenize(w)) > 1 for r in rows for w in r["words"])  # some words have later pieces
+    assert any(len(pipe.tokenizer.tokenize(w)) > 1 for r in rows for w in r["words"])  # some words have later pieces
     gold, found = [], []
     for r in rows:
         starts = np.cumsum([0] + [len(w) + 1 for w in r["words"]])
         gold.append({(t, int(starts[s]), int(starts[e]) + len(r["words"][e])) for t, s, e in get_entities(r["tags"])})
-        found.append({(e["entity_group"], e["start"], e["end"]) for e in tok(" ".join(r["words"]))})
+        found.append({(e["entity_group"], e["start"], e["end"]) for e in pipe(" ".join(r["words"]))})
     tp, n_pred, n_gold = sum(len(g & f) for g, f in zip(gold, found)), sum(map(len, found)), sum(map(len, gold))
     assert result.metrics["piece_entity_f1"] == pytest.approx(2 * tp / (n_pred + n_gold), abs=1e-9)
     assert result.metrics["piece_entity_precision"] == pytest.approx(tp / n_pred, abs=1e-9)

@@ -90,9 +90,7 @@ def infer(
     finally:
         model.train(was_training)
     if token_task:
-        if not pieces:
-            return TokenOutputs(tok_pred, tok_score)  # type: ignore[arg-type]
-        return TokenOutputs(tok_pred, tok_score, piece_gold, piece_pred)  # type: ignore[arg-type]
+        return TokenOutputs(tok_pred, tok_score, *((piece_gold, piece_pred) if pieces else (None, None)))  # type: ignore[arg-type]
     pred = seq_probs.argmax(axis=1)
     return SequenceOutputs(pred, seq_probs[np.arange(n), pred], seq_probs)
 
